@@ -1,0 +1,176 @@
+//! The local filesystem (or a NAS mount) as a backend.
+//!
+//! Writes go to a temporary file in the target folder, are fsynced, renamed into place, and
+//! the folder is fsynced, so after a crash an object is either absent or complete. Locks use
+//! `O_EXCL` creation, which NFSv3+ and SMB honour; nothing here uses flock or atime.
+
+use super::Backend;
+use crate::crypto::random_bytes;
+use crate::error::{Error, IoContext, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
+        LocalBackend { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Writes `data` to a fresh temporary file next to `target`, fsynced, and returns its path.
+    fn write_temp(&self, target: &Path, data: &[u8]) -> Result<PathBuf> {
+        let dir = target.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).ctx(|| format!("creating folder {}", dir.display()))?;
+        let tmp = dir.join(format!(".tmp-{}", hex::encode(random_bytes::<8>())));
+        let res = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(format!("writing {}", target.display()), e));
+        }
+        Ok(tmp)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("syncing folder {}", dir.display()))
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        let p = self.path(name);
+        fs::read(&p).ctx(|| format!("reading {}", p.display()))
+    }
+
+    fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let p = self.path(name);
+        let f = File::open(&p).ctx(|| format!("opening {}", p.display()))?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == ErrorKind::UnexpectedEof {
+                Error::corrupt(
+                    p.display().to_string(),
+                    format!("file is truncated: {len} bytes at offset {offset} are past its end"),
+                )
+            } else {
+                Error::io(format!("reading {}", p.display()), e)
+            }
+        })?;
+        Ok(buf)
+    }
+
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        let target = self.path(name);
+        let tmp = self.write_temp(&target, data)?;
+        if let Err(e) = fs::rename(&tmp, &target) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(format!("renaming into {}", target.display()), e));
+        }
+        sync_dir(target.parent().unwrap_or(&self.root))
+    }
+
+    fn put_new(&self, name: &str, data: &[u8]) -> Result<bool> {
+        let target = self.path(name);
+        let tmp = self.write_temp(&target, data)?;
+        // link(2) fails with EEXIST if the name is taken, atomically, also on NFS.
+        let res = fs::hard_link(&tmp, &target);
+        let _ = fs::remove_file(&tmp);
+        match res {
+            Ok(()) => {
+                sync_dir(target.parent().unwrap_or(&self.root))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(format!("creating {}", target.display()), e)),
+        }
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let base = self.path(dir);
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&base) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(format!("listing {}", base.display()), e)),
+        };
+        for entry in entries {
+            let entry = entry.ctx(|| format!("listing {}", base.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let ft = entry.file_type().ctx(|| format!("listing {}", base.display()))?;
+            if ft.is_dir() && name.len() == 2 {
+                for sub in self.list(&format!("{dir}/{name}"))? {
+                    out.push(sub);
+                }
+            } else if ft.is_file() {
+                out.push(format!("{dir}/{name}"));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn size(&self, name: &str) -> Result<Option<u64>> {
+        let p = self.path(name);
+        match fs::metadata(&p) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("inspecting {}", p.display()), e)),
+        }
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let p = self.path(name);
+        match fs::remove_file(&p) {
+            Ok(()) => sync_dir(p.parent().unwrap_or(&self.root)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("deleting {}", p.display()), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_list_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.put("data/ab/abcd", b"pack").unwrap();
+        b.put("index/ff", b"idx").unwrap();
+        assert_eq!(b.get("data/ab/abcd").unwrap(), b"pack");
+        assert_eq!(b.get_range("data/ab/abcd", 1, 2).unwrap(), b"ac");
+        assert!(b.get_range("data/ab/abcd", 3, 2).is_err());
+        assert_eq!(b.list("data").unwrap(), vec!["data/ab/abcd".to_string()]);
+        assert!(b.put_new("locks/x", b"1").unwrap());
+        assert!(!b.put_new("locks/x", b"2").unwrap());
+        assert_eq!(b.get("locks/x").unwrap(), b"1");
+        b.delete("data/ab/abcd").unwrap();
+        assert_eq!(b.size("data/ab/abcd").unwrap(), None);
+        assert!(b.list("nothing").unwrap().is_empty());
+    }
+}

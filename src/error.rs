@@ -1,0 +1,62 @@
+//! The crate's error type. Every variant names the object it is about and, where the user
+//! can act, says what to do.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is not a cairn repository (no config file found); create one with `cairn init`")]
+    NotARepository(PathBuf),
+    #[error("wrong password for repository {0}: no key file opens with it")]
+    WrongPassword(PathBuf),
+    #[error("repository {path} has format version {found}; this cairn reads version {supported}: {hint}")]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+        hint: &'static str,
+    },
+    #[error("{object} is damaged: {detail}. Run `cairn check --read-data` to list every damaged object")]
+    Corrupt { object: String, detail: String },
+    #[error("{0}")]
+    Locked(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub fn corrupt(object: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::Corrupt {
+            object: object.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Attach "what was being done" to I/O errors.
+pub trait IoContext<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(what(), e))
+    }
+}

@@ -1,0 +1,22 @@
+//! cairn: a deduplicating, content-addressed backup repository for VM disk images.
+//!
+//! Layers depend downward only:
+//! `cli` → `backup` / `restore` / `check` → `snapshot` / `chunker` / `image` → `repo` → `crypto` /
+//! `backend`. See `repo-format.md` for every byte this crate writes.
+
+pub mod backend;
+pub mod backup;
+pub mod check;
+pub mod chunker;
+pub mod cli;
+pub mod crypto;
+pub mod error;
+pub mod id;
+pub mod image;
+pub mod progress;
+pub mod repo;
+pub mod restore;
+pub mod snapshot;
+
+pub use error::{Error, Result};
+pub use id::Id;

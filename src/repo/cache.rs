@@ -1,0 +1,230 @@
+//! The local index cache: every index file of the repository merged into one redb database
+//! outside the repository (`$CAIRN_CACHE_DIR` or `~/.cache/cairn/<repo id>/index.redb`).
+//!
+//! Why redb and not a hash map: a repository of tens of TB holds hundreds of millions of
+//! blobs; a B-tree on disk with a bounded page cache keeps a backup's memory flat whatever
+//! the repository size. The cache is only ever a copy: if it is lost, damaged, or an index
+//! file it merged has vanished (prune rewrote the index), it is rebuilt from `index/`.
+
+use super::index::IndexFile;
+use super::pack::{BlobKind, PackEntry};
+use crate::backend::Backend;
+use crate::error::{Error, IoContext, Result};
+use crate::Id;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+const BLOBS: TableDefinition<[u8; 32], [u8; 45]> = TableDefinition::new("blobs");
+const PACKS: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("packs");
+const FILES: TableDefinition<&str, ()> = TableDefinition::new("index_files");
+
+/// Page cache cap: what keeps the cache's memory bounded.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// Where a blob is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLoc {
+    pub pack: Id,
+    pub entry: PackEntry,
+}
+
+fn encode_loc(pack: &Id, e: &PackEntry) -> [u8; 45] {
+    let mut v = [0u8; 45];
+    v[..32].copy_from_slice(&pack.0);
+    v[32] = e.kind as u8;
+    v[33..37].copy_from_slice(&e.offset.to_le_bytes());
+    v[37..41].copy_from_slice(&e.length.to_le_bytes());
+    v[41..45].copy_from_slice(&e.raw_len.to_le_bytes());
+    v
+}
+
+fn decode_loc(id: Id, v: &[u8; 45]) -> BlobLoc {
+    let u = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().expect("4 bytes"));
+    BlobLoc {
+        pack: Id(v[..32].try_into().expect("32 bytes")),
+        entry: PackEntry {
+            kind: BlobKind::from_u8(v[32]).unwrap_or(BlobKind::Data),
+            id,
+            offset: u(33),
+            length: u(37),
+            raw_len: u(41),
+        },
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::Other(format!("local index cache: {e}"))
+}
+
+pub struct IndexCache {
+    db: redb::Database,
+    /// A private cache made because the shared one was busy; removed on drop.
+    private_dir: Option<PathBuf>,
+}
+
+impl Drop for IndexCache {
+    fn drop(&mut self) {
+        if let Some(d) = &self.private_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl IndexCache {
+    /// Opens (or creates) the cache in `dir`. If another cairn process holds it, a private
+    /// cache is built in a temporary folder instead: slower to start, never wrong.
+    pub fn open(dir: &Path) -> Result<IndexCache> {
+        std::fs::create_dir_all(dir).ctx(|| format!("creating cache folder {}", dir.display()))?;
+        let path = dir.join("index.redb");
+        match Self::open_db(&path) {
+            Ok(db) => Ok(IndexCache { db, private_dir: None }),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                let private = std::env::temp_dir().join(format!(
+                    "cairn-cache-{}",
+                    hex::encode(crate::crypto::random_bytes::<8>())
+                ));
+                std::fs::create_dir_all(&private).ctx(|| format!("creating {}", private.display()))?;
+                let db = Self::open_db(&private.join("index.redb")).map_err(db_err)?;
+                Ok(IndexCache { db, private_dir: Some(private) })
+            }
+            Err(_) => {
+                // A damaged cache is only a copy: start it afresh.
+                let _ = std::fs::remove_file(&path);
+                let db = Self::open_db(&path).map_err(db_err)?;
+                Ok(IndexCache { db, private_dir: None })
+            }
+        }
+    }
+
+    fn open_db(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
+        redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)
+    }
+
+    /// Brings the cache in line with the repository's `index/` folder: merges new files,
+    /// and rebuilds from scratch if a merged file is gone.
+    pub fn sync(&self, backend: &dyn Backend, read: &dyn Fn(&str) -> Result<IndexFile>) -> Result<()> {
+        let listed: HashSet<String> = backend.list("index")?.into_iter().collect();
+        let merged: HashSet<String> = {
+            let tx = self.db.begin_read().map_err(db_err)?;
+            match tx.open_table(FILES) {
+                Ok(t) => t
+                    .iter()
+                    .map_err(db_err)?
+                    .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
+                    .collect(),
+                Err(redb::TableError::TableDoesNotExist(_)) => HashSet::new(),
+                Err(e) => return Err(db_err(e)),
+            }
+        };
+        if !merged.is_subset(&listed) {
+            let tx = self.db.begin_write().map_err(db_err)?;
+            tx.delete_table(BLOBS).map_err(db_err)?;
+            tx.delete_table(PACKS).map_err(db_err)?;
+            tx.delete_table(FILES).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            return self.merge(listed.iter(), read);
+        }
+        self.merge(listed.difference(&merged), read)
+    }
+
+    fn merge<'a>(
+        &self,
+        names: impl Iterator<Item = &'a String>,
+        read: &dyn Fn(&str) -> Result<IndexFile>,
+    ) -> Result<()> {
+        let mut names: Vec<&String> = names.collect();
+        names.sort();
+        for name in names {
+            let idx = read(name)?;
+            self.add(name, &idx)?;
+        }
+        Ok(())
+    }
+
+    /// Records a newly written (or newly found) index file.
+    pub fn add(&self, name: &str, idx: &IndexFile) -> Result<()> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        // The cache can always be rebuilt, so it need not be durable on its own.
+        tx.set_durability(redb::Durability::None).map_err(db_err)?;
+        {
+            let mut blobs = tx.open_table(BLOBS).map_err(db_err)?;
+            let mut packs = tx.open_table(PACKS).map_err(db_err)?;
+            let mut files = tx.open_table(FILES).map_err(db_err)?;
+            for p in &idx.packs {
+                packs.insert(p.pack.0, p.salt).map_err(db_err)?;
+                for e in &p.entries {
+                    if blobs.get(e.id.0).map_err(db_err)?.is_none() {
+                        blobs.insert(e.id.0, encode_loc(&p.pack, e)).map_err(db_err)?;
+                    }
+                }
+            }
+            files.insert(name, ()).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Forces what was added to disk; called once at the end of a command.
+    pub fn flush(&self) -> Result<()> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    /// A consistent read view, cheap to make; one per thread or per batch of lookups.
+    pub fn reader(&self) -> Result<CacheReader> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let blobs = match tx.open_table(BLOBS) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(db_err(e)),
+        };
+        let packs = match tx.open_table(PACKS) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(CacheReader { blobs, packs })
+    }
+}
+
+pub struct CacheReader {
+    blobs: Option<redb::ReadOnlyTable<[u8; 32], [u8; 45]>>,
+    packs: Option<redb::ReadOnlyTable<[u8; 32], [u8; 32]>>,
+}
+
+impl CacheReader {
+    pub fn get(&self, id: &Id) -> Result<Option<BlobLoc>> {
+        let Some(t) = &self.blobs else { return Ok(None) };
+        Ok(t.get(id.0).map_err(db_err)?.map(|v| decode_loc(*id, &v.value())))
+    }
+
+    pub fn contains(&self, id: &Id) -> Result<bool> {
+        Ok(self.get(id)?.is_some())
+    }
+
+    /// The sealing salt of a pack, as its index entry recorded it.
+    pub fn pack_salt(&self, pack: &Id) -> Result<Option<[u8; 32]>> {
+        let Some(t) = &self.packs else { return Ok(None) };
+        Ok(t.get(pack.0).map_err(db_err)?.map(|v| v.value()))
+    }
+
+    /// Every blob, in id order (for check).
+    pub fn for_each(&self, mut f: impl FnMut(BlobLoc) -> Result<()>) -> Result<()> {
+        let Some(t) = &self.blobs else { return Ok(()) };
+        for r in t.iter().map_err(db_err)? {
+            let (k, v) = r.map_err(db_err)?;
+            f(decode_loc(Id(k.value()), &v.value()))?;
+        }
+        Ok(())
+    }
+
+    /// Every pack the index knows.
+    pub fn packs(&self) -> Result<Vec<Id>> {
+        let Some(t) = &self.packs else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for r in t.iter().map_err(db_err)? {
+            out.push(Id(r.map_err(db_err)?.0.value()));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,234 @@
+//! Repository locks as plain files in `locks/`, safe on NFS and SMB.
+//!
+//! A lock is created with an exclusive create (link(2) of a fully written temp file), then
+//! the folder is listed: if a conflicting lock that is not stale exists, ours is removed and
+//! the command fails, naming the holder. Backups hold shared locks; commands that delete
+//! hold an exclusive one. A holder rewrites its lock every [`REFRESH`]; a lock is stale when
+//! it was not refreshed for [`STALE_AFTER`], or when it belongs to a process on this host
+//! that no longer exists.
+
+use crate::backend::Backend;
+use crate::crypto::random_bytes;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const REFRESH: Duration = Duration::from_secs(120);
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct LockInfo {
+    pub kind: LockKind,
+    pub host: String,
+    pub pid: u32,
+    pub command: String,
+    /// Unix seconds.
+    pub created: i64,
+    pub refreshed: i64,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl LockInfo {
+    pub fn age(&self) -> Duration {
+        Duration::from_secs((now() - self.refreshed).max(0) as u64)
+    }
+
+    /// Why this lock no longer counts, if it does not.
+    pub fn stale_reason(&self) -> Option<String> {
+        if self.age() > STALE_AFTER {
+            return Some(format!("not refreshed for {}s", self.age().as_secs()));
+        }
+        if self.host == super::hostname() && !process_alive(self.pid) {
+            return Some(format!("process {} on this host is gone", self.pid));
+        }
+        None
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{:?} lock by `{}` (pid {} on host {}), refreshed {}s ago",
+            self.kind,
+            self.command,
+            self.pid,
+            self.host,
+            self.age().as_secs()
+        )
+        .to_lowercase()
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    // kill(pid, 0) probes existence; EPERM still means it exists.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Every lock in the repository, with its name. Unreadable ones are reported as `None`
+/// (a lock being written or removed right now).
+pub fn list_locks(backend: &dyn Backend) -> Result<Vec<(String, Option<LockInfo>)>> {
+    let mut out = Vec::new();
+    for name in backend.list("locks")? {
+        let info = backend
+            .get(&name)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
+        out.push((name, info));
+    }
+    Ok(out)
+}
+
+/// A held lock. Dropping it stops the refresher and removes the file.
+pub struct Lock {
+    name: String,
+    backend: Arc<dyn Backend>,
+    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+    lost: Arc<AtomicBool>,
+}
+
+impl Lock {
+    pub fn acquire(backend: Arc<dyn Backend>, kind: LockKind, command: &str) -> Result<Lock> {
+        let mut info = LockInfo {
+            kind,
+            host: super::hostname(),
+            pid: std::process::id(),
+            command: command.to_string(),
+            created: now(),
+            refreshed: now(),
+        };
+        let name = format!("locks/{}", hex::encode(random_bytes::<16>()));
+        let body = serde_json::to_vec(&info).expect("lock serializes");
+        backend.put_new(&name, &body)?;
+        for (other, theirs) in list_locks(&*backend)? {
+            if other == name {
+                continue;
+            }
+            let Some(theirs) = theirs else { continue };
+            let conflicts = kind == LockKind::Exclusive || theirs.kind == LockKind::Exclusive;
+            if conflicts && theirs.stale_reason().is_none() {
+                let _ = backend.delete(&name);
+                return Err(Error::Locked(format!(
+                    "repository {} is locked: {} ({}). Wait for it to finish; if that process is gone, \
+                     run `cairn unlock`",
+                    backend.location(),
+                    theirs.describe(),
+                    other
+                )));
+            }
+        }
+        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let lost = Arc::new(AtomicBool::new(false));
+        let refresher = {
+            let (stop, lost, backend, name) = (stop.clone(), lost.clone(), backend.clone(), name.clone());
+            std::thread::spawn(move || loop {
+                let (m, cv) = &*stop;
+                let guard = m.lock().unwrap_or_else(|e| e.into_inner());
+                let (guard, _) = cv
+                    .wait_timeout_while(guard, REFRESH, |stopped| !*stopped)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *guard {
+                    return;
+                }
+                drop(guard);
+                info.refreshed = now();
+                let body = serde_json::to_vec(&info).expect("lock serializes");
+                if backend.put(&name, &body).is_err() {
+                    lost.store(true, Ordering::SeqCst);
+                }
+            })
+        };
+        Ok(Lock {
+            name,
+            backend,
+            stop,
+            refresher: Some(refresher),
+            lost,
+        })
+    }
+
+    /// Fails if the lock file could not be refreshed (the repository went away, or someone
+    /// removed our lock): the caller must not write a snapshot then.
+    pub fn check(&self) -> Result<()> {
+        if self.lost.load(Ordering::SeqCst) || self.backend.size(&self.name)?.is_none() {
+            return Err(Error::Locked(format!(
+                "our lock {} was lost (removed by `cairn unlock`, or the repository became unreachable); \
+                 nothing was committed",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        {
+            let (m, cv) = &*self.stop;
+            *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(t) = self.refresher.take() {
+            let _ = t.join();
+        }
+        let _ = self.backend.delete(&self.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LocalBackend;
+
+    #[test]
+    fn shared_and_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()));
+        let s1 = Lock::acquire(b.clone(), LockKind::Shared, "backup").unwrap();
+        let s2 = Lock::acquire(b.clone(), LockKind::Shared, "backup").unwrap();
+        let e = Lock::acquire(b.clone(), LockKind::Exclusive, "prune").err().unwrap();
+        assert!(e.to_string().contains("`backup`"), "{e}");
+        drop((s1, s2));
+        let x = Lock::acquire(b.clone(), LockKind::Exclusive, "prune").unwrap();
+        assert!(Lock::acquire(b.clone(), LockKind::Shared, "backup").is_err());
+        x.check().unwrap();
+        drop(x);
+        assert!(b.list("locks").unwrap().is_empty());
+    }
+
+    #[test]
+    fn dead_process_lock_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let info = LockInfo {
+            kind: LockKind::Exclusive,
+            host: crate::repo::hostname(),
+            pid,
+            command: "prune".into(),
+            created: now(),
+            refreshed: now(),
+        };
+        b.put("locks/dead", &serde_json::to_vec(&info).unwrap()).unwrap();
+        assert!(info.stale_reason().is_some());
+        Lock::acquire(b.clone(), LockKind::Shared, "backup").unwrap();
+        // The same lock from another host that refreshed recently still counts.
+        let other = LockInfo { host: "elsewhere".into(), ..info };
+        b.put("locks/other", &serde_json::to_vec(&other).unwrap()).unwrap();
+        let e = Lock::acquire(b.clone(), LockKind::Shared, "backup").err().unwrap();
+        assert!(e.to_string().contains("host elsewhere"), "{e}");
+    }
+}

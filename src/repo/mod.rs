@@ -1,0 +1,265 @@
+//! The repository as a blob store: config and keys, packs, index files, snapshots' files,
+//! locks, and the local index cache.
+//!
+//! ```text
+//! config              JSON: format version, cipher, chunker, MAC
+//! keys/<id>           JSON: the master key wrapped under a password (argon2id + AES-256-GCM)
+//! data/<ab>/<id>      packs, named by the BLAKE3 of their bytes
+//! index/<id>          index files
+//! snapshots/<id>      snapshot manifests
+//! locks/<random>      lock files
+//! ```
+
+pub mod cache;
+pub mod config;
+pub mod envelope;
+pub mod index;
+pub mod lock;
+pub mod pack;
+
+use crate::backend::{Backend, LocalBackend};
+use crate::crypto::{random_bytes, KdfParams, Keys};
+use crate::error::{Error, Result};
+use crate::Id;
+use cache::IndexCache;
+use config::{ChunkerParams, Config, KeyFile, CIPHER_NAME_AES, CIPHER_NAME_NONE, REPO_VERSION};
+use envelope::FileKind;
+use index::IndexFile;
+use lock::{Lock, LockKind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// Options fixed when a repository is created.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub table_span: u64,
+    pub pack_size: u32,
+    pub zstd_level: i32,
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::fastcdc(64 << 10),
+            table_span: 1 << 30,
+            pack_size: 32 << 20,
+            zstd_level: 3,
+            kdf: KdfParams::DEFAULT,
+        }
+    }
+}
+
+pub struct Repository {
+    pub backend: Arc<dyn Backend>,
+    pub config: Config,
+    pub keys: Keys,
+    pub path: PathBuf,
+    cache_root: PathBuf,
+}
+
+/// `$CAIRN_CACHE_DIR`, else `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`.
+pub fn default_cache_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("CAIRN_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("cairn");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("cairn")
+}
+
+impl Repository {
+    /// Creates a repository at `path`; `password` None means unencrypted.
+    pub fn init(path: &Path, password: Option<&str>, opts: &InitOptions) -> Result<Repository> {
+        opts.chunker.validate()?;
+        if !opts.table_span.is_power_of_two() || opts.table_span < opts.chunker.segment_size as u64 {
+            return Err(Error::Usage("table span must be a power of two ≥ the segment size".into()));
+        }
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
+        if backend.size("config")?.is_some() {
+            return Err(Error::Usage(format!(
+                "{} already holds a cairn repository; refusing to overwrite it",
+                path.display()
+            )));
+        }
+        let (keys, cipher) = match password {
+            Some(pw) => {
+                let master: [u8; 64] = random_bytes();
+                let kf = KeyFile::new(&master, pw, opts.kdf)?;
+                let body = serde_json::to_vec_pretty(&kf).expect("key file serializes");
+                backend.put(&format!("keys/{}", Id::of_file(&body)), &body)?;
+                (Keys::from_master(master), CIPHER_NAME_AES)
+            }
+            None => (Keys::unencrypted(), CIPHER_NAME_NONE),
+        };
+        let mut config = Config {
+            version: REPO_VERSION,
+            id: hex::encode(random_bytes::<16>()),
+            cipher: cipher.into(),
+            chunker: opts.chunker,
+            table_span: opts.table_span,
+            pack_size: opts.pack_size,
+            zstd_level: opts.zstd_level,
+            created: chrono::Utc::now().to_rfc3339(),
+            mac: None,
+        };
+        config.seal(&keys);
+        // The config goes last: a folder without one is not (yet) a repository.
+        backend.put("config", &serde_json::to_vec_pretty(&config).expect("config serializes"))?;
+        Ok(Repository {
+            backend,
+            config,
+            keys,
+            path: path.to_path_buf(),
+            cache_root: default_cache_root(),
+        })
+    }
+
+    /// Opens the repository at `path`, asking `password` only if it is encrypted.
+    pub fn open(path: &Path, password: &dyn Fn() -> Result<String>) -> Result<Repository> {
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
+        let raw = match backend.size("config")? {
+            Some(_) => backend.get("config")?,
+            None => return Err(Error::NotARepository(path.to_path_buf())),
+        };
+        #[derive(serde::Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let v: Version = serde_json::from_slice(&raw)
+            .map_err(|e| Error::corrupt(format!("{}/config", path.display()), e.to_string()))?;
+        if v.version != REPO_VERSION {
+            return Err(Error::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: v.version,
+                supported: REPO_VERSION,
+                hint: "use the cairn release that wrote it, or a newer one",
+            });
+        }
+        let config: Config = serde_json::from_slice(&raw)
+            .map_err(|e| Error::corrupt(format!("{}/config", path.display()), e.to_string()))?;
+        let keys = if config.encrypted() {
+            let pw = password()?;
+            let mut found = None;
+            for name in backend.list("keys")? {
+                let kf: KeyFile = serde_json::from_slice(&backend.get(&name)?)
+                    .map_err(|e| Error::corrupt(&name, e.to_string()))?;
+                if let Some(m) = kf.unwrap_master(&pw, &name)? {
+                    found = Some(m);
+                    break;
+                }
+            }
+            Keys::from_master(found.ok_or_else(|| Error::WrongPassword(path.to_path_buf()))?)
+        } else {
+            Keys::unencrypted()
+        };
+        config.verify(&keys)?;
+        config.chunker.validate()?;
+        Ok(Repository {
+            backend,
+            config,
+            keys,
+            path: path.to_path_buf(),
+            cache_root: default_cache_root(),
+        })
+    }
+
+    fn dir(kind: FileKind) -> &'static str {
+        match kind {
+            FileKind::Pack => "data",
+            FileKind::Index => "index",
+            FileKind::Snapshot => "snapshots",
+        }
+    }
+
+    /// Writes an index or snapshot file; returns its id (the hash of its bytes).
+    pub fn write_file(&self, kind: FileKind, payload: &[u8]) -> Result<Id> {
+        let bytes = envelope::encode_file(kind, &self.keys, payload, self.config.zstd_level.max(1));
+        let id = Id::of_file(&bytes);
+        self.backend.put(&format!("{}/{}", Self::dir(kind), id), &bytes)?;
+        Ok(id)
+    }
+
+    /// Reads and verifies an index or snapshot file by its backend name.
+    pub fn read_file(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        let bytes = self.backend.get(name)?;
+        let expected = name.rsplit('/').next().and_then(Id::from_hex);
+        if expected != Some(Id::of_file(&bytes)) {
+            return Err(Error::corrupt(name, "content does not match its name (truncated or changed)"));
+        }
+        envelope::decode_file(kind, &self.keys, &bytes, name)
+    }
+
+    pub fn read_index(&self, name: &str) -> Result<IndexFile> {
+        IndexFile::decode(&self.read_file(FileKind::Index, name)?, name)
+    }
+
+    pub fn write_index(&self, idx: &IndexFile) -> Result<String> {
+        let id = self.write_file(FileKind::Index, &idx.encode())?;
+        Ok(format!("index/{id}"))
+    }
+
+    /// The local index cache, brought up to date with `index/`.
+    pub fn index_cache(&self) -> Result<IndexCache> {
+        let cache = IndexCache::open(&self.cache_root.join(&self.config.id))?;
+        cache.sync(&*self.backend, &|name| self.read_index(name))?;
+        Ok(cache)
+    }
+
+    pub fn lock(&self, kind: LockKind, command: &str) -> Result<Lock> {
+        Lock::acquire(self.backend.clone(), kind, command)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast_opts() -> InitOptions {
+        InitOptions {
+            kdf: KdfParams {
+                m_cost: 64,
+                t_cost: 1,
+                p_cost: 1,
+            },
+            ..InitOptions::default()
+        }
+    }
+
+    #[test]
+    fn init_open_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("repo");
+        let r = Repository::init(&p, Some("pw"), &fast_opts()).unwrap();
+        let id = r.write_file(FileKind::Snapshot, b"manifest").unwrap();
+        let r2 = Repository::open(&p, &|| Ok("pw".into())).unwrap();
+        assert_eq!(r2.read_file(FileKind::Snapshot, &format!("snapshots/{id}")).unwrap(), b"manifest");
+        assert!(matches!(
+            Repository::open(&p, &|| Ok("nope".into())),
+            Err(Error::WrongPassword(_))
+        ));
+        assert!(matches!(
+            Repository::open(dir.path(), &|| Ok("pw".into())),
+            Err(Error::NotARepository(_))
+        ));
+        assert!(Repository::init(&p, None, &fast_opts()).is_err());
+    }
+
+    #[test]
+    fn tampered_config_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("repo");
+        Repository::init(&p, Some("pw"), &fast_opts()).unwrap();
+        let cfg = std::fs::read_to_string(p.join("config")).unwrap();
+        std::fs::write(p.join("config"), cfg.replace("\"zstd_level\": 3", "\"zstd_level\": 4")).unwrap();
+        let e = Repository::open(&p, &|| Ok("pw".into())).err().unwrap();
+        assert!(e.to_string().contains("MAC"), "{e}");
+    }
+}

@@ -1,0 +1,252 @@
+//! Pack files: many sealed blobs in one immutable file, with a sealed table of contents at
+//! the end so the index can be rebuilt from packs alone.
+//!
+//! ```text
+//! file header (40) | blob … blob | sealed pack header | u32 LE length of sealed pack header
+//! ```
+
+use super::envelope::{self, FileHeader, FileKind, HEADER_LEN};
+use crate::crypto::{Keys, Sealer};
+use crate::{Error, Id, Result};
+
+/// What a blob holds. Stored in pack headers and index entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BlobKind {
+    /// A chunk of disk content.
+    Data = 0,
+    /// A disk chunk table (see snapshot.rs).
+    Table = 1,
+}
+
+impl BlobKind {
+    pub fn from_u8(b: u8) -> Option<BlobKind> {
+        match b {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::Table),
+            _ => None,
+        }
+    }
+}
+
+/// One blob's place in its pack. `length` is the stored (sealed) size, `raw_len` the
+/// plaintext size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    pub kind: BlobKind,
+    pub id: Id,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_len: u32,
+}
+
+/// Encoded size of a [`PackEntry`]: kind u8 | id 32 | offset u32 | length u32 | raw_len u32.
+pub const ENTRY_LEN: usize = 45;
+
+impl PackEntry {
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.id.0);
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.length.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+    }
+
+    pub fn decode(b: &[u8]) -> Option<PackEntry> {
+        if b.len() < ENTRY_LEN {
+            return None;
+        }
+        let u = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        Some(PackEntry {
+            kind: BlobKind::from_u8(b[0])?,
+            id: Id::from_slice(&b[1..33])?,
+            offset: u(33),
+            length: u(37),
+            raw_len: u(41),
+        })
+    }
+}
+
+/// A compressed and sealed blob, ready to be appended to a pack.
+pub struct SealedBlob {
+    pub kind: BlobKind,
+    pub id: Id,
+    pub raw_len: u32,
+    pub bytes: Vec<u8>,
+}
+
+fn blob_aad(kind: BlobKind, id: &Id) -> [u8; 33] {
+    let mut aad = [0u8; 33];
+    aad[..32].copy_from_slice(&id.0);
+    aad[32] = kind as u8;
+    aad
+}
+
+/// Compresses (when it helps) and seals one blob. The id is bound as associated data, so
+/// a blob cannot be swapped for another without detection even before re-hashing.
+pub fn seal_blob(sealer: &Sealer, kind: BlobKind, id: Id, plain: &[u8], level: i32) -> SealedBlob {
+    let (comp, data) = envelope::compress(plain, level);
+    let bytes = sealer.seal_parts(&[&[comp], &data], &blob_aad(kind, &id));
+    SealedBlob {
+        kind,
+        id,
+        raw_len: plain.len() as u32,
+        bytes,
+    }
+}
+
+/// Opens, decompresses and verifies one blob: its plaintext must hash to its id.
+pub fn open_blob(
+    keys: &Keys,
+    sealer: &Sealer,
+    entry: &PackEntry,
+    stored: &[u8],
+    pack: &Id,
+) -> Result<Vec<u8>> {
+    let what = || format!("blob {} in pack {}", entry.id.short(), pack_name(pack));
+    let payload = sealer.open(stored, &blob_aad(entry.kind, &entry.id), &what)?;
+    let plain = envelope::decompress(&payload, entry.raw_len as usize, &what)?;
+    if keys.chunk_id(&plain) != entry.id {
+        return Err(Error::corrupt(what(), "content does not match its id"));
+    }
+    Ok(plain)
+}
+
+/// The backend name of a pack: `data/<first two hex digits>/<hex id>`.
+pub fn pack_name(id: &Id) -> String {
+    let h = id.to_hex();
+    format!("data/{}/{}", &h[..2], h)
+}
+
+/// Builds one pack in memory. Packs are tens of MiB, so holding one is a bounded cost.
+pub struct PackWriter {
+    header: FileHeader,
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl PackWriter {
+    /// `header` carries the session salt the blobs were sealed under.
+    pub fn new(header: FileHeader, capacity: usize) -> PackWriter {
+        let mut buf = Vec::with_capacity(capacity + 64 * 1024);
+        buf.extend_from_slice(&header.encode());
+        PackWriter {
+            header,
+            buf,
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, blob: &SealedBlob) {
+        self.entries.push(PackEntry {
+            kind: blob.kind,
+            id: blob.id,
+            offset: self.buf.len() as u32,
+            length: blob.bytes.len() as u32,
+            raw_len: blob.raw_len,
+        });
+        self.buf.extend_from_slice(&blob.bytes);
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Seals the table of contents onto the end; returns the pack's id, bytes and entries.
+    pub fn finish(mut self, keys: &Keys) -> (Id, Vec<u8>, Vec<PackEntry>) {
+        let mut toc = Vec::with_capacity(4 + self.entries.len() * ENTRY_LEN);
+        toc.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            e.encode_into(&mut toc);
+        }
+        let sealed = self
+            .header
+            .sealer(keys)
+            .seal(&toc, &self.header.encode());
+        self.buf.extend_from_slice(&sealed);
+        self.buf.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        (Id::of_file(&self.buf), self.buf, self.entries)
+    }
+}
+
+/// A whole pack read back: its header and table of contents, verified.
+pub struct PackContents {
+    pub header: FileHeader,
+    pub entries: Vec<PackEntry>,
+}
+
+/// Parses and verifies a whole pack file: its name must be the hash of its bytes, and every
+/// entry must lie inside the blob area.
+pub fn parse_pack(keys: &Keys, id: &Id, bytes: &[u8]) -> Result<PackContents> {
+    let name = pack_name(id);
+    if Id::of_file(bytes) != *id {
+        return Err(Error::corrupt(&name, "content does not match its name (truncated or changed)"));
+    }
+    let header = FileHeader::decode(FileKind::Pack, bytes, keys, &name)?;
+    if bytes.len() < HEADER_LEN + 4 {
+        return Err(Error::corrupt(&name, "too short"));
+    }
+    let toc_len = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4")) as usize;
+    let blob_end = bytes
+        .len()
+        .checked_sub(4 + toc_len)
+        .filter(|&e| e >= HEADER_LEN)
+        .ok_or_else(|| Error::corrupt(&name, "pack header length points outside the file"))?;
+    let what = || name.clone();
+    let toc = header
+        .sealer(keys)
+        .open(&bytes[blob_end..bytes.len() - 4], &bytes[..HEADER_LEN], &what)?;
+    let count = toc
+        .get(..4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4")) as usize)
+        .ok_or_else(|| Error::corrupt(&name, "empty pack header"))?;
+    if toc.len() != 4 + count * ENTRY_LEN {
+        return Err(Error::corrupt(&name, "pack header has the wrong length"));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for raw in toc[4..].chunks_exact(ENTRY_LEN) {
+        let e = PackEntry::decode(raw).ok_or_else(|| Error::corrupt(&name, "bad pack header entry"))?;
+        let end = e.offset as usize + e.length as usize;
+        if (e.offset as usize) < HEADER_LEN || end > blob_end {
+            return Err(Error::corrupt(&name, format!("blob {} lies outside the pack", e.id.short())));
+        }
+        entries.push(e);
+    }
+    Ok(PackContents { header, entries })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trip() {
+        let keys = Keys::from_master([4; 64]);
+        let header = FileHeader::new(FileKind::Pack, &keys);
+        let sealer = header.sealer(&keys);
+        let mut w = PackWriter::new(header, 1 << 20);
+        let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + i as usize]).collect();
+        for c in &chunks {
+            w.add(&seal_blob(&sealer, BlobKind::Data, keys.chunk_id(c), c, 3));
+        }
+        let (id, bytes, entries) = w.finish(&keys);
+        let parsed = parse_pack(&keys, &id, &bytes).unwrap();
+        assert_eq!(parsed.entries, entries);
+        let sealer = parsed.header.sealer(&keys);
+        for (e, c) in entries.iter().zip(&chunks) {
+            let stored = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+            assert_eq!(&open_blob(&keys, &sealer, e, stored, &id).unwrap(), c);
+        }
+        let e = entries[0];
+        let mut bad = bytes.clone();
+        bad[e.offset as usize + 5] ^= 1;
+        assert!(parse_pack(&keys, &id, &bad).is_err());
+        let stored = &bad[e.offset as usize..(e.offset + e.length) as usize];
+        assert!(open_blob(&keys, &sealer, &e, stored, &id).is_err());
+        assert!(parse_pack(&keys, &id, &bytes[..bytes.len() - 1]).is_err());
+    }
+}
