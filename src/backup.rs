@@ -1,0 +1,565 @@
+//! The backup pipeline: one reader, a pool of workers, one writer, bounded queues between.
+//!
+//! ```text
+//! reader ──segments──► workers (chunk, hash, dedup, compress, seal) ──results──► writer
+//!   ▲                                                                             │
+//!   └──────────────── segment buffers return once the writer took a result ◄──────┘
+//! ```
+//!
+//! Memory is bounded by the number of segment buffers in flight (workers + 2), each
+//! `segment_size` bytes, plus one pack: it does not grow with the image. The writer takes
+//! results in disk order, so blobs land in packs in disk order and chunk tables are built
+//! as the disk is read. Write order: packs, then index files naming only durable packs,
+//! then the snapshot manifest; a crash at any point leaves old snapshots untouched and at
+//! worst some unreferenced packs.
+
+use crate::chunker::Chunker;
+use crate::crypto::Sealer;
+use crate::image::DiskImage;
+use crate::repo::cache::IndexCache;
+use crate::repo::envelope::{FileHeader, FileKind};
+use crate::repo::index::{IndexFile, IndexPack};
+use crate::repo::lock::LockKind;
+use crate::repo::pack::{pack_name, seal_blob, BlobKind, PackWriter, SealedBlob};
+use crate::repo::Repository;
+use crate::snapshot::{self, ChunkTable, Disk, Extent, Snapshot, Summary, MANIFEST_VERSION};
+use crate::{Error, Id, Result};
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Index entries written per index file at most; bounds the session's memory.
+const INDEX_FLUSH_ENTRIES: usize = 64 * 1024;
+
+pub struct BackupOptions {
+    pub vm: String,
+    pub host: String,
+    pub tags: Vec<String>,
+    /// RFC 3339.
+    pub time: String,
+    /// Read every disk even when its source file looks unchanged.
+    pub force_read: bool,
+    pub quiet: bool,
+}
+
+/// What a backup did, for the user and `--json`.
+#[derive(Debug, serde::Serialize)]
+pub struct BackupReport {
+    pub snapshot: String,
+    pub vm: String,
+    pub time: String,
+    pub parent: Option<String>,
+    pub disks: usize,
+    /// Disks whose source was unchanged since the parent, so tables were reused unread.
+    pub disks_unchanged: usize,
+    pub logical_bytes: u64,
+    pub bytes_read: u64,
+    pub bytes_new: u64,
+    pub bytes_stored: u64,
+    pub holes_skipped: u64,
+    pub packs_written: usize,
+    pub duration_secs: f64,
+}
+
+struct Source {
+    name: String,
+    image: Box<dyn DiskImage>,
+    path: PathBuf,
+}
+
+/// Backs up one VM's disks into one snapshot.
+pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result<BackupReport> {
+    let started = Instant::now();
+    if paths.is_empty() {
+        return Err(Error::Usage("no disk images given".into()));
+    }
+    let mut sources = Vec::new();
+    let mut names = HashSet::new();
+    for p in paths {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| Error::Usage(format!("{} has no file name", p.display())))?;
+        if !names.insert(name.clone()) {
+            return Err(Error::Usage(format!("two disks are named {name}; give each disk a distinct file name")));
+        }
+        sources.push(Source {
+            name,
+            image: crate::image::open(p)?,
+            path: p.clone(),
+        });
+    }
+    let lock = repo.lock(LockKind::Shared, &format!("backup --vm {}", opts.vm))?;
+    let cache = repo.index_cache()?;
+    let parent = snapshot::load_all(repo)?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.vm == opts.vm);
+
+    let span = repo.config.table_span;
+    let mut disks: Vec<Option<Disk>> = Vec::new();
+    let mut to_read = Vec::new();
+    {
+        let reader = cache.reader()?;
+        for (i, src) in sources.iter().enumerate() {
+            let reused = (!opts.force_read)
+                .then(|| unchanged_disk(parent.as_ref().map(|p| &p.1), src, span, &reader))
+                .transpose()?
+                .flatten();
+            if reused.is_none() {
+                to_read.push(i);
+            }
+            disks.push(reused);
+        }
+    }
+    let disks_unchanged = disks.iter().filter(|d| d.is_some()).count();
+
+    let total: u64 = to_read.iter().map(|&i| sources[i].image.size()).sum();
+    let bar = crate::progress::bytes_bar(total, "backup", opts.quiet);
+    let mut session = Session::new(repo, &cache);
+    let read_sources: Vec<&Source> = to_read.iter().map(|&i| &sources[i]).collect();
+    let tables = session.run_pipeline(&read_sources, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    for (&i, tables) in to_read.iter().zip(tables) {
+        let src = &sources[i];
+        if let Some(stamp) = src.image.stamp() {
+            let now = std::fs::metadata(&src.path).map(|m| m.len()).unwrap_or(0);
+            if now != stamp.size {
+                return Err(Error::Other(format!(
+                    "disk image {} changed size while being read ({} → {now} bytes); back up from a \
+                     frozen snapshot. Nothing was committed",
+                    src.path.display(),
+                    stamp.size
+                )));
+            }
+        }
+        disks[i] = Some(Disk {
+            name: src.name.clone(),
+            format: src.image.format().into(),
+            size: src.image.size(),
+            table_span: span,
+            tables,
+            stamp: src.image.stamp(),
+        });
+    }
+    session.w.finish(&session.shared)?;
+    lock.check()?;
+
+    let summary = Summary {
+        bytes_read: session.w.bytes_read,
+        bytes_new: session.w.bytes_new,
+        bytes_stored: session.w.bytes_stored,
+        holes: session.w.holes,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    let snap = Snapshot {
+        version: MANIFEST_VERSION,
+        vm: opts.vm.clone(),
+        time: opts.time.clone(),
+        host: opts.host.clone(),
+        tags: opts.tags.clone(),
+        parent: parent.as_ref().map(|p| p.0),
+        disks: disks.into_iter().map(|d| d.expect("every disk was read or reused")).collect(),
+        summary: summary.clone(),
+    };
+    let id = snapshot::save(repo, &snap)?;
+    cache.flush()?;
+    Ok(BackupReport {
+        snapshot: id.to_hex(),
+        vm: snap.vm.clone(),
+        time: snap.time.clone(),
+        parent: snap.parent.map(|p| p.to_hex()),
+        disks: snap.disks.len(),
+        disks_unchanged,
+        logical_bytes: snap.logical_size(),
+        bytes_read: summary.bytes_read,
+        bytes_new: summary.bytes_new,
+        bytes_stored: summary.bytes_stored,
+        holes_skipped: summary.holes,
+        packs_written: session.w.packs_written,
+        duration_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The parent's record of this disk, if the source file is provably unchanged and every
+/// table it names is still in the index.
+fn unchanged_disk(
+    parent: Option<&Snapshot>,
+    src: &Source,
+    span: u64,
+    reader: &crate::repo::cache::CacheReader,
+) -> Result<Option<Disk>> {
+    let (Some(parent), Some(stamp)) = (parent, src.image.stamp()) else {
+        return Ok(None);
+    };
+    let Some(d) = parent.disks.iter().find(|d| d.name == src.name) else {
+        return Ok(None);
+    };
+    if d.stamp != Some(stamp) || d.table_span != span || d.format != src.image.format() {
+        return Ok(None);
+    }
+    for t in d.tables.iter().flatten() {
+        if !reader.contains(t)? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(d.clone()))
+}
+
+/// A segment read from a disk, on its way to a worker.
+struct Segment {
+    seq: u64,
+    disk: usize,
+    /// Disk offset of the segment start.
+    offset: u64,
+    len: usize,
+    allocated: Vec<Range<usize>>,
+    buf: Vec<u8>,
+}
+
+/// A worker's output for one segment.
+struct Chunked {
+    seq: u64,
+    disk: usize,
+    offset: u64,
+    len: usize,
+    extents: Vec<Extent>,
+    blobs: Vec<SealedBlob>,
+    bytes_read: u64,
+    holes: u64,
+    buf: Vec<u8>,
+}
+
+/// What the workers and the writer share: read-only but for the claim set.
+struct Shared<'a> {
+    repo: &'a Repository,
+    cache: &'a IndexCache,
+    sealer: Sealer,
+    chunker: Chunker,
+    /// Ids this session stores that are not yet in the cache.
+    claimed: Mutex<HashSet<Id>>,
+}
+
+/// The writer's state: the open pack, index entries not yet written, counters.
+struct Writer {
+    header: FileHeader,
+    pack: Option<PackWriter>,
+    index: IndexFile,
+    bytes_read: u64,
+    bytes_new: u64,
+    bytes_stored: u64,
+    holes: u64,
+    packs_written: usize,
+}
+
+/// One backup session.
+struct Session<'a> {
+    shared: Shared<'a>,
+    w: Writer,
+}
+
+impl<'a> Session<'a> {
+    fn new(repo: &'a Repository, cache: &'a IndexCache) -> Session<'a> {
+        // One salt, hence one sealing key, for all packs of this session.
+        let header = FileHeader::new(FileKind::Pack, &repo.keys);
+        Session {
+            shared: Shared {
+                repo,
+                cache,
+                sealer: header.sealer(&repo.keys),
+                chunker: Chunker::new(repo.config.chunker, repo.keys.chunker_seed()),
+                claimed: Mutex::new(HashSet::new()),
+            },
+            w: Writer {
+                header,
+                pack: None,
+                index: IndexFile::default(),
+                bytes_read: 0,
+                bytes_new: 0,
+                bytes_stored: 0,
+                holes: 0,
+                packs_written: 0,
+            },
+        }
+    }
+
+    /// Reads, chunks and stores `sources`; returns each disk's table ids.
+    fn run_pipeline(
+        &mut self,
+        sources: &[&Source],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Vec<Vec<Option<Id>>>> {
+        let seg_size = self.shared.repo.config.chunker.segment_size as u64;
+        let span = self.shared.repo.config.table_span;
+        let (sh, w) = (&self.shared, &mut self.w);
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let buffers = workers + 2;
+        let mut builders: Vec<TableBuilder> = sources
+            .iter()
+            .map(|s| TableBuilder::new(s.image.size(), span))
+            .collect();
+
+        std::thread::scope(|scope| -> Result<()> {
+            let (seg_tx, seg_rx) = sync_channel::<Segment>(1);
+            let (res_tx, res_rx) = sync_channel::<Result<Chunked>>(workers);
+            let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(buffers);
+            for _ in 0..buffers {
+                pool_tx.send(Vec::new()).expect("pool has room");
+            }
+            let reader = scope.spawn(move || read_segments(sources, seg_size, seg_tx, pool_rx));
+            let seg_rx = Arc::new(Mutex::new(seg_rx));
+            for _ in 0..workers {
+                let (seg_rx, res_tx) = (seg_rx.clone(), res_tx.clone());
+                scope.spawn(move || loop {
+                    let seg = match seg_rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    };
+                    if res_tx.send(sh.chunk_segment(seg)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(res_tx);
+            let written = w.take_results(sh, res_rx, &pool_tx, &mut builders, progress);
+            drop(pool_tx);
+            let read = reader.join().unwrap_or_else(|_| Err(Error::Other("reader thread panicked".into())));
+            // A reader failure (an image that shrank) explains a writer stopping early.
+            read.and(written)
+        })?;
+        Ok(builders.into_iter().map(|b| b.tables).collect())
+    }
+}
+
+impl Writer {
+    /// The writer: takes results in disk order, stores blobs, builds tables.
+    fn take_results(
+        &mut self,
+        sh: &Shared,
+        res_rx: Receiver<Result<Chunked>>,
+        pool: &SyncSender<Vec<u8>>,
+        builders: &mut [TableBuilder],
+        progress: &dyn Fn(u64),
+    ) -> Result<()> {
+        let mut next = 0u64;
+        let mut waiting = BTreeMap::new();
+        for r in res_rx {
+            let c = r?;
+            waiting.insert(c.seq, c);
+            while let Some(c) = waiting.remove(&next) {
+                next += 1;
+                self.bytes_read += c.bytes_read;
+                self.holes += c.holes;
+                for b in &c.blobs {
+                    self.bytes_new += b.raw_len as u64;
+                    self.add_blob(sh, b)?;
+                }
+                let done = builders[c.disk].add(c.offset, c.len as u64, &c.extents);
+                for (slot, table) in done {
+                    builders[c.disk].tables[slot] = self.store_table(sh, &table)?;
+                }
+                progress(c.len as u64);
+                // The reader may now reuse the buffer; if it has stopped, that is fine.
+                let _ = pool.send(c.buf);
+            }
+        }
+        Ok(())
+    }
+
+    fn store_table(&mut self, sh: &Shared, table: &ChunkTable) -> Result<Option<Id>> {
+        if table.is_hole() {
+            return Ok(None);
+        }
+        let plain = table.encode();
+        let id = sh.repo.keys.chunk_id(&plain);
+        if !sh.cache.reader()?.contains(&id)? && sh.claim(id) {
+            let blob = seal_blob(&sh.sealer, BlobKind::Table, id, &plain, sh.repo.config.zstd_level);
+            self.add_blob(sh, &blob)?;
+        }
+        Ok(Some(id))
+    }
+
+    fn add_blob(&mut self, sh: &Shared, blob: &SealedBlob) -> Result<()> {
+        self.bytes_stored += blob.bytes.len() as u64;
+        let pack_size = sh.repo.config.pack_size as usize;
+        let pack = self
+            .pack
+            .get_or_insert_with(|| PackWriter::new(self.header, pack_size));
+        pack.add(blob);
+        if pack.len() >= pack_size {
+            self.flush_pack(sh)?;
+        }
+        Ok(())
+    }
+
+    fn flush_pack(&mut self, sh: &Shared) -> Result<()> {
+        let Some(pack) = self.pack.take().filter(|p| !p.is_empty()) else {
+            return Ok(());
+        };
+        let (id, bytes, entries) = pack.finish(&sh.repo.keys);
+        sh.repo.backend.put(&pack_name(&id), &bytes)?;
+        self.packs_written += 1;
+        self.index.packs.push(IndexPack {
+            pack: id,
+            salt: self.header.salt,
+            entries,
+        });
+        if self.index.blob_count() >= INDEX_FLUSH_ENTRIES {
+            self.flush_index(sh)?;
+        }
+        Ok(())
+    }
+
+    /// Writes an index file for packs already durable, then lets the cache answer for them.
+    fn flush_index(&mut self, sh: &Shared) -> Result<()> {
+        if self.index.packs.is_empty() {
+            return Ok(());
+        }
+        let idx = std::mem::take(&mut self.index);
+        let name = sh.repo.write_index(&idx)?;
+        sh.cache.add(&name, &idx)?;
+        let mut claimed = sh.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        for e in idx.packs.iter().flat_map(|p| &p.entries) {
+            claimed.remove(&e.id);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, sh: &Shared) -> Result<()> {
+        self.flush_pack(sh)?;
+        self.flush_index(sh)
+    }
+}
+
+impl Shared<'_> {
+    fn chunk_segment(&self, seg: Segment) -> Result<Chunked> {
+        let data = &seg.buf[..seg.len];
+        let pieces = self.chunker.split(data, &seg.allocated);
+        let reader = self.cache.reader()?;
+        let level = self.repo.config.zstd_level;
+        let mut extents = Vec::with_capacity(pieces.len());
+        let mut blobs = Vec::new();
+        let mut holes = 0;
+        for p in pieces {
+            if !p.data {
+                holes += p.len as u64;
+                extents.push(Extent { len: p.len as u32, id: None });
+                continue;
+            }
+            let bytes = &data[p.offset..p.offset + p.len];
+            let id = self.repo.keys.chunk_id(bytes);
+            extents.push(Extent { len: p.len as u32, id: Some(id) });
+            if reader.contains(&id)? || !self.claim(id) {
+                continue;
+            }
+            blobs.push(seal_blob(&self.sealer, BlobKind::Data, id, bytes, level));
+        }
+        let bytes_read = seg.allocated.iter().map(|r| (r.end - r.start) as u64).sum();
+        Ok(Chunked {
+            seq: seg.seq,
+            disk: seg.disk,
+            offset: seg.offset,
+            len: seg.len,
+            extents,
+            blobs,
+            bytes_read,
+            holes,
+            buf: seg.buf,
+        })
+    }
+
+    /// True if this call is the session's first to want `id` stored.
+    fn claim(&self, id: Id) -> bool {
+        self.claimed.lock().unwrap_or_else(|e| e.into_inner()).insert(id)
+    }
+}
+
+/// The reader thread: one segment at a time, holes never read.
+fn read_segments(
+    sources: &[&Source],
+    seg_size: u64,
+    out: SyncSender<Segment>,
+    pool: Receiver<Vec<u8>>,
+) -> Result<()> {
+    let mut seq = 0;
+    for (disk, src) in sources.iter().enumerate() {
+        let size = src.image.size();
+        let mut offset = 0;
+        while offset < size {
+            let len = seg_size.min(size - offset) as usize;
+            let allocated: Vec<Range<usize>> = src
+                .image
+                .allocated(offset..offset + len as u64)?
+                .into_iter()
+                .map(|r| (r.start - offset) as usize..(r.end - offset) as usize)
+                .collect();
+            // Waiting here for a free buffer is what bounds memory.
+            let Ok(mut buf) = pool.recv() else { return Ok(()) };
+            buf.resize(len, 0);
+            let mut pos = 0;
+            for r in &allocated {
+                buf[pos..r.start].fill(0);
+                src.image.read_at(offset + r.start as u64, &mut buf[r.clone()])?;
+                pos = r.end;
+            }
+            buf[pos..len].fill(0);
+            let seg = Segment {
+                seq,
+                disk,
+                offset,
+                len,
+                allocated,
+                buf,
+            };
+            if out.send(seg).is_err() {
+                return Ok(()); // the writer stopped; its error is reported
+            }
+            seq += 1;
+            offset += len as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Collects one disk's extents into tables, one per span.
+struct TableBuilder {
+    size: u64,
+    span: u64,
+    current: ChunkTable,
+    tables: Vec<Option<Id>>,
+}
+
+impl TableBuilder {
+    fn new(size: u64, span: u64) -> TableBuilder {
+        TableBuilder {
+            size,
+            span,
+            current: ChunkTable::default(),
+            tables: vec![None; size.div_ceil(span) as usize],
+        }
+    }
+
+    /// Adds a segment's extents; returns the tables it completed, with their slot.
+    fn add(&mut self, offset: u64, len: u64, extents: &[Extent]) -> Vec<(usize, ChunkTable)> {
+        extents.iter().for_each(|e| self.current.push(*e));
+        let end = offset + len;
+        if end % self.span == 0 || end == self.size {
+            let slot = (offset / self.span) as usize;
+            return vec![(slot, std::mem::take(&mut self.current))];
+        }
+        Vec::new()
+    }
+}
+
+/// The default `--time`: now, in the local offset.
+pub fn now_rfc3339() -> String {
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
+
+/// A disk's file name, for messages.
+pub fn disk_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}

@@ -1,1 +1,118 @@
+//! Command-line parsing and dispatch. One file per command; each turns options into a call
+//! of the library and prints the result, as text or (with `--json`) one JSON document.
 
+mod backup;
+mod check;
+mod init;
+mod restore;
+mod snapshots;
+
+use crate::repo::Repository;
+use crate::{Error, Result};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about = "Deduplicating, encrypted backups of VM disk images")]
+pub struct Cli {
+    /// Repository folder (local disk or NAS mount).
+    #[arg(long = "repo", short = 'r', env = "CAIRN_REPOSITORY", global = true)]
+    pub repo: Option<PathBuf>,
+    /// File holding the repository password (else $CAIRN_PASSWORD, else a prompt).
+    #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress bars.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a repository.
+    Init(init::Args),
+    /// Back up one VM's disk images into one snapshot.
+    Backup(backup::Args),
+    /// Restore a snapshot's disks into a folder.
+    Restore(restore::Args),
+    /// List snapshots.
+    Snapshots(snapshots::Args),
+    /// Verify the repository (add --read-data to verify every byte).
+    Check(check::Args),
+}
+
+/// Exit codes: 0 success, 1 failure (including problems found by check), 2 bad usage.
+pub fn run(cli: Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Init(a) => init::run(&cli, a),
+        Command::Backup(a) => backup::run(&cli, a),
+        Command::Restore(a) => restore::run(&cli, a),
+        Command::Snapshots(a) => snapshots::run(&cli, a),
+        Command::Check(a) => check::run(&cli, a),
+    }
+}
+
+impl Cli {
+    pub fn repo_path(&self) -> Result<PathBuf> {
+        self.repo.clone().ok_or_else(|| {
+            Error::Usage("no repository given: pass --repo PATH or set CAIRN_REPOSITORY".into())
+        })
+    }
+
+    /// The password from --password-file, $CAIRN_PASSWORD, or a terminal prompt.
+    pub fn password(&self, confirm: bool) -> Result<String> {
+        if let Some(f) = &self.password_file {
+            let s = std::fs::read_to_string(f)
+                .map_err(|e| Error::io(format!("reading password file {}", f.display()), e))?;
+            return Ok(s.trim_end_matches(['\n', '\r']).to_string());
+        }
+        if let Ok(p) = std::env::var("CAIRN_PASSWORD") {
+            return Ok(p);
+        }
+        if !std::io::stdin().is_terminal() {
+            return Err(Error::Usage(
+                "the repository is encrypted and no password was given: set CAIRN_PASSWORD or \
+                 CAIRN_PASSWORD_FILE, or pass --password-file"
+                    .into(),
+            ));
+        }
+        let p = rpassword::prompt_password("repository password: ")
+            .map_err(|e| Error::io("reading the password", e))?;
+        if confirm && rpassword::prompt_password("again: ").map_err(|e| Error::io("reading the password", e))? != p {
+            return Err(Error::Usage("the passwords differ".into()));
+        }
+        Ok(p)
+    }
+
+    pub fn open(&self) -> Result<Repository> {
+        Repository::open(&self.repo_path()?, &|| self.password(false))
+    }
+
+    pub fn print_json<T: serde::Serialize>(&self, v: &T) {
+        println!("{}", serde_json::to_string_pretty(v).expect("report serializes"));
+    }
+}
+
+/// Bytes as users read them (KiB, MiB, GiB).
+pub fn human(n: u64) -> String {
+    indicatif::HumanBytes(n).to_string()
+}
+
+/// Parses sizes such as `65536`, `64K`, `64KiB`, `1M`.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("{s:?} is not a size (examples: 65536, 64K, 1M)"))
+}

@@ -37,7 +37,7 @@ impl ChunkerParams {
             min_size: avg / 4,
             avg_size: avg,
             max_size: avg * 4,
-            segment_size: 32 << 20,
+            segment_size: 16 << 20,
         }
     }
 
@@ -47,7 +47,7 @@ impl ChunkerParams {
             min_size: size,
             avg_size: size,
             max_size: size,
-            segment_size: 32 << 20,
+            segment_size: 16 << 20,
         }
     }
 

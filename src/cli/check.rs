@@ -1,0 +1,42 @@
+use super::Cli;
+use crate::Result;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Also read, decrypt and re-hash every blob of every pack.
+    #[arg(long)]
+    read_data: bool,
+}
+
+pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
+    let repo = cli.open()?;
+    let r = crate::check::run(&repo, a.read_data, cli.quiet)?;
+    let code = if r.problems.is_empty() { 0 } else { 1 };
+    if cli.json {
+        cli.print_json(&r);
+        return Ok(code);
+    }
+    println!(
+        "checked {} snapshots, {} index files, {} packs, {} blobs{}",
+        r.snapshots,
+        r.index_files,
+        r.packs,
+        r.blobs,
+        if r.read_data { ", all data read and verified" } else { "" }
+    );
+    if r.unreferenced_packs > 0 {
+        println!(
+            "note: {} packs are not in any index (left by an interrupted backup; harmless)",
+            r.unreferenced_packs
+        );
+    }
+    for p in &r.problems {
+        eprintln!("problem: {p}");
+    }
+    if r.problems.is_empty() {
+        println!("no problems found");
+    } else {
+        eprintln!("{} problems found", r.problems.len());
+    }
+    Ok(code)
+}

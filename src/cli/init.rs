@@ -1,0 +1,50 @@
+use super::Cli;
+use crate::repo::config::ChunkerParams;
+use crate::repo::{InitOptions, Repository};
+use crate::Result;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// aes-256-gcm (default) or none.
+    #[arg(long, default_value = "aes-256-gcm", value_parser = ["aes-256-gcm", "none"])]
+    encryption: String,
+    /// fastcdc (content-defined, default) or fixed.
+    #[arg(long, default_value = "fastcdc", value_parser = ["fastcdc", "fixed"])]
+    chunker: String,
+    /// Average (fastcdc) or exact (fixed) chunk size.
+    #[arg(long, value_parser = super::parse_size)]
+    chunk_size: Option<u64>,
+    /// zstd level for stored chunks, 0 for none.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=19))]
+    compression: i32,
+}
+
+pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
+    let path = cli.repo_path()?;
+    let mut opts = InitOptions::default();
+    let default_avg = opts.chunker.avg_size;
+    let size = a.chunk_size.map_or(default_avg, |s| s.min(u32::MAX as u64) as u32);
+    opts.chunker = match a.chunker.as_str() {
+        "fixed" => ChunkerParams::fixed(size),
+        _ => ChunkerParams::fastcdc(size),
+    };
+    opts.zstd_level = a.compression;
+    let password = match a.encryption.as_str() {
+        "none" => None,
+        _ => Some(cli.password(true)?),
+    };
+    let repo = Repository::init(&path, password.as_deref(), &opts)?;
+    if cli.json {
+        cli.print_json(&repo.config);
+    } else {
+        println!(
+            "created cairn repository {} at {} ({}, {:?} chunks of {} on average)",
+            &repo.config.id[..8],
+            path.display(),
+            repo.config.cipher,
+            repo.config.chunker.kind,
+            super::human(repo.config.chunker.avg_size as u64)
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,76 @@
+use super::{human, Cli};
+use crate::snapshot;
+use crate::Result;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Only this VM's snapshots.
+    #[arg(long)]
+    vm: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    id: String,
+    short_id: String,
+    vm: String,
+    time: String,
+    host: String,
+    tags: Vec<String>,
+    parent: Option<String>,
+    disks: Vec<DiskRow>,
+    logical_size: u64,
+}
+
+#[derive(serde::Serialize)]
+struct DiskRow {
+    name: String,
+    format: String,
+    size: u64,
+}
+
+pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
+    let repo = cli.open()?;
+    let rows: Vec<Row> = snapshot::load_all(&repo)?
+        .into_iter()
+        .filter(|(_, s)| a.vm.as_ref().is_none_or(|v| &s.vm == v))
+        .map(|(id, s)| Row {
+            id: id.to_hex(),
+            short_id: id.short(),
+            logical_size: s.logical_size(),
+            vm: s.vm,
+            time: s.time,
+            host: s.host,
+            tags: s.tags,
+            parent: s.parent.map(|p| p.to_hex()),
+            disks: s
+                .disks
+                .into_iter()
+                .map(|d| DiskRow {
+                    name: d.name,
+                    format: d.format,
+                    size: d.size,
+                })
+                .collect(),
+        })
+        .collect();
+    if cli.json {
+        cli.print_json(&rows);
+        return Ok(0);
+    }
+    println!("{:<8}  {:<12}  {:<25}  {:<12}  {:<12}  {:<5}  {:>10}", "ID", "VM", "TIME", "HOST", "TAGS", "DISKS", "SIZE");
+    for r in &rows {
+        println!(
+            "{:<8}  {:<12}  {:<25}  {:<12}  {:<12}  {:<5}  {:>10}",
+            r.short_id,
+            r.vm,
+            r.time,
+            r.host,
+            r.tags.join(","),
+            r.disks.len(),
+            human(r.logical_size)
+        );
+    }
+    println!("{} snapshots", rows.len());
+    Ok(0)
+}
