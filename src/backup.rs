@@ -84,7 +84,9 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| Error::Usage(format!("{} has no file name", p.display())))?;
         if !names.insert(name.clone()) {
-            return Err(Error::Usage(format!("two disks are named {name}; give each disk a distinct file name")));
+            return Err(Error::Usage(format!(
+                "two disks are named {name}; give each disk a distinct file name"
+            )));
         }
         sources.push(Source {
             name,
@@ -162,7 +164,10 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         host: opts.host.clone(),
         tags: opts.tags.clone(),
         parent: parent.as_ref().map(|p| p.0),
-        disks: disks.into_iter().map(|d| d.expect("every disk was read or reused")).collect(),
+        disks: disks
+            .into_iter()
+            .map(|d| d.expect("every disk was read or reused"))
+            .collect(),
         summary: summary.clone(),
     };
     let id = snapshot::save(repo, &snap)?;
@@ -295,7 +300,9 @@ impl<'a> Session<'a> {
         let seg_size = self.shared.repo.config.chunker.segment_size as u64;
         let span = self.shared.repo.config.table_span;
         let (sh, w) = (&self.shared, &mut self.w);
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8);
         let buffers = workers + 2;
         let mut builders: Vec<TableBuilder> = sources
             .iter()
@@ -326,7 +333,9 @@ impl<'a> Session<'a> {
             drop(res_tx);
             let written = w.take_results(sh, res_rx, &pool_tx, &mut builders, progress);
             drop(pool_tx);
-            let read = reader.join().unwrap_or_else(|_| Err(Error::Other("reader thread panicked".into())));
+            let read = reader
+                .join()
+                .unwrap_or_else(|_| Err(Error::Other("reader thread panicked".into())));
             // A reader failure (an image that shrank) explains a writer stopping early.
             read.and(written)
         })?;
@@ -376,7 +385,13 @@ impl Writer {
         let plain = table.encode();
         let id = sh.repo.keys.chunk_id(&plain);
         if !sh.cache.reader()?.contains(&id)? && sh.claim(id) {
-            let blob = seal_blob(&sh.sealer, BlobKind::Table, id, &plain, sh.repo.config.zstd_level);
+            let blob = seal_blob(
+                &sh.sealer,
+                BlobKind::Table,
+                id,
+                &plain,
+                sh.repo.config.zstd_level,
+            );
             self.add_blob(sh, &blob)?;
         }
         Ok(Some(id))
@@ -446,12 +461,18 @@ impl Shared<'_> {
         for p in pieces {
             if !p.data {
                 holes += p.len as u64;
-                extents.push(Extent { len: p.len as u32, id: None });
+                extents.push(Extent {
+                    len: p.len as u32,
+                    id: None,
+                });
                 continue;
             }
             let bytes = &data[p.offset..p.offset + p.len];
             let id = self.repo.keys.chunk_id(bytes);
-            extents.push(Extent { len: p.len as u32, id: Some(id) });
+            extents.push(Extent {
+                len: p.len as u32,
+                id: Some(id),
+            });
             if reader.contains(&id)? || !self.claim(id) {
                 continue;
             }
@@ -473,7 +494,10 @@ impl Shared<'_> {
 
     /// True if this call is the session's first to want `id` stored.
     fn claim(&self, id: Id) -> bool {
-        self.claimed.lock().unwrap_or_else(|e| e.into_inner()).insert(id)
+        self.claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id)
     }
 }
 
@@ -497,12 +521,15 @@ fn read_segments(
                 .map(|r| (r.start - offset) as usize..(r.end - offset) as usize)
                 .collect();
             // Waiting here for a free buffer is what bounds memory.
-            let Ok(mut buf) = pool.recv() else { return Ok(()) };
+            let Ok(mut buf) = pool.recv() else {
+                return Ok(());
+            };
             buf.resize(len, 0);
             let mut pos = 0;
             for r in &allocated {
                 buf[pos..r.start].fill(0);
-                src.image.read_at(offset + r.start as u64, &mut buf[r.clone()])?;
+                src.image
+                    .read_at(offset + r.start as u64, &mut buf[r.clone()])?;
                 pos = r.end;
             }
             buf[pos..len].fill(0);
@@ -561,5 +588,7 @@ pub fn now_rfc3339() -> String {
 
 /// A disk's file name, for messages.
 pub fn disk_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

@@ -55,7 +55,12 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
         match repo.read_index(name) {
             Ok(idx) => {
                 for p in &idx.packs {
-                    let end = p.entries.iter().map(|e| e.offset as u64 + e.length as u64).max().unwrap_or(0);
+                    let end = p
+                        .entries
+                        .iter()
+                        .map(|e| e.offset as u64 + e.length as u64)
+                        .max()
+                        .unwrap_or(0);
                     let m = indexed.entry(p.pack).or_default();
                     *m = (*m).max(end);
                     *pack_blobs.entry(p.pack).or_default() += p.entries.len();
@@ -72,7 +77,9 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
                     }
                 }
             }
-            Err(e) => rep.problems.push(format!("index file {name} cannot be read: {e}")),
+            Err(e) => rep
+                .problems
+                .push(format!("index file {name} cannot be read: {e}")),
         }
     }
     rep.unreferenced_packs = on_disk.keys().filter(|p| !indexed.contains_key(p)).count();
@@ -89,18 +96,28 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
         {
             Ok(s) => s,
             Err(e) => {
-                rep.problems.push(format!("snapshot {name} cannot be read: {e}"));
+                rep.problems
+                    .push(format!("snapshot {name} cannot be read: {e}"));
                 continue;
             }
         };
         rep.snapshots += 1;
-        let label = format!("snapshot {} (VM {}, {})", short_of(&name), snap.vm, snap.time);
+        let label = format!(
+            "snapshot {} (VM {}, {})",
+            short_of(&name),
+            snap.vm,
+            snap.time
+        );
         let packs = needs.entry(label.clone()).or_default();
         for disk in &snap.disks {
             for tid in disk.tables.iter().flatten() {
                 let table = match reader.get(tid)? {
                     None => {
-                        rep.problems.push(format!("{label}, disk {}: chunk table {} is not in the index", disk.name, tid.short()));
+                        rep.problems.push(format!(
+                            "{label}, disk {}: chunk table {} is not in the index",
+                            disk.name,
+                            tid.short()
+                        ));
                         continue;
                     }
                     Some(loc) => {
@@ -108,7 +125,8 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
                         match load_table(repo, &reader, tid) {
                             Ok(t) => t,
                             Err(e) => {
-                                rep.problems.push(format!("{label}, disk {}: {e}", disk.name));
+                                rep.problems
+                                    .push(format!("{label}, disk {}: {e}", disk.name));
                                 continue;
                             }
                         }
@@ -137,10 +155,17 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
     if read_data {
         let bar = crate::progress::bytes_bar(on_disk.values().sum(), "read", quiet);
         let damaged: Mutex<Vec<(Id, String)>> = Mutex::new(Vec::new());
-        let packs: Vec<Id> = indexed.keys().filter(|p| on_disk.contains_key(p)).copied().collect();
+        let packs: Vec<Id> = indexed
+            .keys()
+            .filter(|p| on_disk.contains_key(p))
+            .copied()
+            .collect();
         packs.par_iter().with_max_len(1).for_each(|pack| {
             if let Err(e) = verify_pack(repo, pack, pack_blobs.get(pack).copied().unwrap_or(0)) {
-                damaged.lock().unwrap_or_else(|e| e.into_inner()).push((*pack, e.to_string()));
+                damaged
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((*pack, e.to_string()));
             }
             bar.inc(on_disk.get(pack).copied().unwrap_or(0));
         });
@@ -165,7 +190,12 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
 }
 
 fn short_of(name: &str) -> String {
-    name.rsplit('/').next().unwrap_or(name).chars().take(8).collect()
+    name.rsplit('/')
+        .next()
+        .unwrap_or(name)
+        .chars()
+        .take(8)
+        .collect()
 }
 
 /// Reads a whole pack and verifies every blob in it.
@@ -180,7 +210,10 @@ fn verify_pack(repo: &Repository, pack: &Id, indexed_blobs: usize) -> Result<()>
     if contents.entries.len() < indexed_blobs {
         return Err(crate::Error::corrupt(
             pack_name(pack),
-            format!("holds {} blobs, the index names {indexed_blobs}", contents.entries.len()),
+            format!(
+                "holds {} blobs, the index names {indexed_blobs}",
+                contents.entries.len()
+            ),
         ));
     }
     Ok(())

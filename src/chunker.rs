@@ -70,7 +70,9 @@ impl Chunker {
 
     /// Allocated ranges with their long zero runs taken out.
     fn data_runs(&self, data: &[u8], allocated: &[Range<usize>]) -> Vec<Range<usize>> {
-        let zero_min = (self.params.min_size as usize).max(ZERO_BLOCK).next_multiple_of(ZERO_BLOCK);
+        let zero_min = (self.params.min_size as usize)
+            .max(ZERO_BLOCK)
+            .next_multiple_of(ZERO_BLOCK);
         let mut runs: Vec<Range<usize>> = Vec::new();
         let mut push = |r: Range<usize>| {
             if r.is_empty() {
@@ -209,7 +211,11 @@ mod tests {
         let data = noise(512 * 1024, 1);
         let all = [0..data.len()];
         let cuts = |seed| -> Vec<usize> {
-            cdc(16 * 1024, seed).split(&data, &all).iter().map(|p| p.offset + p.len).collect()
+            cdc(16 * 1024, seed)
+                .split(&data, &all)
+                .iter()
+                .map(|p| p.offset + p.len)
+                .collect()
         };
         assert_eq!(cuts(0), KNOWN_SEED0);
         assert_eq!(cuts(0x5eed_cafe), KNOWN_SEEDED);
@@ -221,9 +227,9 @@ mod tests {
         489974, 504401, 510453, 524288,
     ];
     const KNOWN_SEEDED: &[usize] = &[
-        21707, 35302, 55815, 100411, 114061, 124730, 143506, 184233, 198039, 231308, 250336, 273665,
-        303931, 313373, 323147, 353178, 360668, 403872, 435820, 455575, 483611, 500557, 522622,
-        524288,
+        21707, 35302, 55815, 100411, 114061, 124730, 143506, 184233, 198039, 231308, 250336,
+        273665, 303931, 313373, 323147, 353178, 360668, 403872, 435820, 455575, 483611, 500557,
+        522622, 524288,
     ];
 
     #[test]
@@ -236,11 +242,17 @@ mod tests {
         let alloc = [0..(1 << 20) - 100_000];
         let pieces = cdc(16 * 1024, 0).split(&data, &alloc);
         check_cover(&pieces, data.len());
-        let holes: Vec<_> = pieces.iter().filter(|p| !p.data).map(|p| (p.offset, p.len)).collect();
+        let holes: Vec<_> = pieces
+            .iter()
+            .filter(|p| !p.data)
+            .map(|p| (p.offset, p.len))
+            .collect();
         assert_eq!(holes[0], (65536, 65536));
         assert_eq!(holes.len(), 2);
         assert_eq!(holes[1].0 + holes[1].1, 1 << 20);
-        assert!(pieces.iter().all(|p| !p.data || !is_zero(&data[p.offset..p.offset + p.len])));
+        assert!(pieces
+            .iter()
+            .all(|p| !p.data || !is_zero(&data[p.offset..p.offset + p.len])));
     }
 
     #[test]
@@ -263,8 +275,26 @@ mod tests {
         p.segment_size = 1 << 20;
         let pieces = Chunker::new(p, 0).split(&data, &[0..200 * 1024]);
         check_cover(&pieces, data.len());
-        let kinds: Vec<_> = pieces.iter().map(|p| (p.offset / 1024, p.len / 1024, p.data)).collect();
-        assert_eq!(kinds, vec![(0, 64, true), (64, 64, false), (128, 64, true), (192, 64, true)]);
-        assert_eq!(Chunker::new(p, 0).split(&data, &[]), vec![Piece { offset: 0, len: 262144, data: false }]);
+        let kinds: Vec<_> = pieces
+            .iter()
+            .map(|p| (p.offset / 1024, p.len / 1024, p.data))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (0, 64, true),
+                (64, 64, false),
+                (128, 64, true),
+                (192, 64, true)
+            ]
+        );
+        assert_eq!(
+            Chunker::new(p, 0).split(&data, &[]),
+            vec![Piece {
+                offset: 0,
+                len: 262144,
+                data: false
+            }]
+        );
     }
 }

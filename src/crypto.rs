@@ -167,13 +167,26 @@ impl Sealer {
             return Ok(sealed.to_vec());
         };
         if sealed.len() < SEAL_OVERHEAD {
-            return Err(Error::corrupt(what(), "sealed message is shorter than its nonce and tag"));
+            return Err(Error::corrupt(
+                what(),
+                "sealed message is shorter than its nonce and tag",
+            ));
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
         let mut buf = ct.to_vec();
-        c.decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag))
-            .map_err(|_| Error::corrupt(what(), "authentication failed (bytes were changed or the key is wrong)"))?;
+        c.decrypt_in_place_detached(
+            Nonce::from_slice(nonce),
+            aad,
+            &mut buf,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| {
+            Error::corrupt(
+                what(),
+                "authentication failed (bytes were changed or the key is wrong)",
+            )
+        })?;
         Ok(buf)
     }
 }

@@ -24,7 +24,9 @@ pub enum Error {
         supported: u32,
         hint: &'static str,
     },
-    #[error("{object} is damaged: {detail}. Run `cairn check --read-data` to list every damaged object")]
+    #[error(
+        "{object} is damaged: {detail}. Run `cairn check --read-data` to list every damaged object"
+    )]
     Corrupt { object: String, detail: String },
     #[error("{0}")]
     Locked(String),

@@ -4,7 +4,9 @@ use std::fmt;
 
 /// A 256-bit identifier. Chunk ids are keyed BLAKE3 hashes of plaintext; file names
 /// (packs, index files, snapshots) are plain BLAKE3 hashes of the file's bytes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct Id(pub [u8; 32]);
 
 impl Id {

@@ -50,12 +50,19 @@ pub fn run(repo: &Repository, spec: &str, opts: &RestoreOptions) -> Result<Resto
     let disks: Vec<&Disk> = match &opts.disk {
         Some(n) => vec![snap.disks.iter().find(|d| &d.name == n).ok_or_else(|| {
             let names: Vec<_> = snap.disks.iter().map(|d| d.name.as_str()).collect();
-            Error::Usage(format!("snapshot {} has no disk {n:?}; it has {names:?}", id.short()))
+            Error::Usage(format!(
+                "snapshot {} has no disk {n:?}; it has {names:?}",
+                id.short()
+            ))
         })?],
         None => snap.disks.iter().collect(),
     };
-    std::fs::create_dir_all(&opts.target)
-        .map_err(|e| Error::io(format!("creating target folder {}", opts.target.display()), e))?;
+    std::fs::create_dir_all(&opts.target).map_err(|e| {
+        Error::io(
+            format!("creating target folder {}", opts.target.display()),
+            e,
+        )
+    })?;
     for d in &disks {
         let p = opts.target.join(&d.name);
         if p.exists() && !opts.overwrite {
@@ -98,7 +105,10 @@ pub fn run(repo: &Repository, spec: &str, opts: &RestoreOptions) -> Result<Resto
 }
 
 fn partial_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.cairn-partial"))
 }
 
@@ -155,14 +165,25 @@ fn restore_disk(
 /// Reads one blob by id, wherever the index says it is.
 pub fn read_blob(repo: &Repository, reader: &CacheReader, id: &Id) -> Result<Vec<u8>> {
     let loc = locate(reader, id)?;
-    let stored = repo
-        .backend
-        .get_range(&pack_name(&loc.pack), loc.entry.offset as u64, loc.entry.length as usize)?;
-    open_blob(&repo.keys, &pack_sealer(repo, reader, &loc.pack)?, &loc.entry, &stored, &loc.pack)
+    let stored = repo.backend.get_range(
+        &pack_name(&loc.pack),
+        loc.entry.offset as u64,
+        loc.entry.length as usize,
+    )?;
+    open_blob(
+        &repo.keys,
+        &pack_sealer(repo, reader, &loc.pack)?,
+        &loc.entry,
+        &stored,
+        &loc.pack,
+    )
 }
 
 pub fn load_table(repo: &Repository, reader: &CacheReader, id: &Id) -> Result<ChunkTable> {
-    ChunkTable::decode(&read_blob(repo, reader, id)?, &format!("chunk table {}", id.short()))
+    ChunkTable::decode(
+        &read_blob(repo, reader, id)?,
+        &format!("chunk table {}", id.short()),
+    )
 }
 
 fn locate(reader: &CacheReader, id: &Id) -> Result<BlobLoc> {

@@ -68,7 +68,10 @@ impl Snapshot {
         if s.version != MANIFEST_VERSION {
             return Err(Error::corrupt(
                 name,
-                format!("manifest version {}; this cairn reads {MANIFEST_VERSION}", s.version),
+                format!(
+                    "manifest version {}; this cairn reads {MANIFEST_VERSION}",
+                    s.version
+                ),
             ));
         }
         Ok(s)
@@ -170,7 +173,11 @@ pub fn load_all(repo: &Repository) -> Result<Vec<(Id, Snapshot)>> {
         let snap = Snapshot::decode(&repo.read_file(FileKind::Snapshot, &name)?, &name)?;
         out.push((id, snap));
     }
-    out.sort_by(|a, b| a.1.parsed_time().cmp(&b.1.parsed_time()).then(a.0.cmp(&b.0)));
+    out.sort_by(|a, b| {
+        a.1.parsed_time()
+            .cmp(&b.1.parsed_time())
+            .then(a.0.cmp(&b.0))
+    });
     Ok(out)
 }
 
@@ -190,7 +197,11 @@ pub fn resolve(repo: &Repository, spec: &str) -> Result<(Id, Snapshot)> {
             .into_iter()
             .rev()
             .find(|(_, s)| vm.is_none_or(|v| s.vm == v))
-            .ok_or_else(|| Error::Usage(format!("no snapshot matches {spec:?}; see `cairn snapshots`")));
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "no snapshot matches {spec:?}; see `cairn snapshots`"
+                ))
+            });
     }
     let prefix = rest.to_ascii_lowercase();
     let mut found: Vec<_> = all
@@ -199,8 +210,12 @@ pub fn resolve(repo: &Repository, spec: &str) -> Result<(Id, Snapshot)> {
         .collect();
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(Error::Usage(format!("no snapshot matches {spec:?}; see `cairn snapshots`"))),
-        n => Err(Error::Usage(format!("{n} snapshots start with {spec:?}; give more digits"))),
+        0 => Err(Error::Usage(format!(
+            "no snapshot matches {spec:?}; see `cairn snapshots`"
+        ))),
+        n => Err(Error::Usage(format!(
+            "{n} snapshots start with {spec:?}; give more digits"
+        ))),
     }
 }
 
@@ -213,7 +228,10 @@ mod tests {
         let mut t = ChunkTable::default();
         t.push(Extent { len: 10, id: None });
         t.push(Extent { len: 5, id: None });
-        t.push(Extent { len: 7, id: Some(Id([3; 32])) });
+        t.push(Extent {
+            len: 7,
+            id: Some(Id([3; 32])),
+        });
         assert_eq!(t.extents.len(), 2);
         assert_eq!(t.len(), 22);
         let b = t.encode();

@@ -101,54 +101,81 @@ def log(msg):
 # ---------------------------------------------------------------- content ---
 
 def gen_log_bytes(rng, n, t0):
-    """Syslog-like lines, ~n bytes.  Returns (bytes, last_time)."""
+    """Syslog-like lines, ~n bytes.  Returns (bytes, last_time).
+
+    One getrandbits() call per line keeps this at tens of MB/s."""
     host = HOSTS[rng.randrange(len(HOSTS))]
     out = []
     size = 0
     t = t0
-    ri = rng.randrange
-    rr = rng.random
+    grb = rng.getrandbits
     nm = len(MSGS)
     np_ = len(PROCS)
+    day = -1
+    dpfx = ""
     while size < n:
-        t += rr() * 2.0
+        x = grb(64)
+        t += (x & 0x7ff) / 1024.0
+        x >>= 11
         it = int(t)
         d, s = divmod(it, 86400)
+        if d != day:
+            day = d
+            dpfx = "2024-%02d-%02dT" % (1 + (d // 28) % 12, 1 + d % 28)
         hh, s = divmod(s, 3600)
         mm, ss = divmod(s, 60)
-        p = PROCS[ri(np_)]
-        line = "2024-%02d-%02dT%02d:%02d:%02d.%06d+00:00 %s %s[%d]: %s\n" % (
-            1 + (d // 28) % 12, 1 + d % 28, hh, mm, ss, int((t - it) * 1e6),
-            host, p, ri(1, 65536), MSGS[ri(nm)] % (ri(1, 100000), ri(1, 1000)))
+        line = "%s%02d:%02d:%02d.%06d+00:00 %s %s[%d]: %s\n" % (
+            dpfx, hh, mm, ss, int((t - it) * 1e6), host, PROCS[(x & 0xff) % np_],
+            (x >> 8) & 0xffff, MSGS[((x >> 24) & 0xff) % nm] % ((x >> 32) & 0x1ffff,
+                                                               (x >> 49) & 0x3ff))
         out.append(line)
         size += len(line)
     return "".join(out).encode()[:n], t
+
+
+def _words(rng, k):
+    nw = len(WORDS)
+    return [WORDS[b % nw] for b in rng.randbytes(k)]
 
 
 def gen_doc_bytes(rng, n):
     out = []
     size = 0
     while size < n:
-        k = rng.randrange(40, 200)
-        words = rng.choices(WORDS, k=k)
-        para = " ".join(words).capitalize() + ".\n\n"
-        out.append(para)
-        size += len(para)
+        ws = _words(rng, 4096)
+        lens = rng.randbytes(64)
+        i = 0
+        for L in lens:
+            k = 40 + L % 160
+            if i + k > len(ws):
+                break
+            para = " ".join(ws[i:i + k]).capitalize() + ".\n\n"
+            i += k
+            out.append(para)
+            size += len(para)
+            if size >= n:
+                break
     return "".join(out).encode()[:n]
 
 
 def gen_conf_bytes(rng, n):
     out = ["# generated configuration\n"]
     size = len(out[0])
+    nk = len(CONF_KEYS)
+    nw = len(WORDS)
     while size < n:
-        if rng.random() < 0.1:
-            line = "\n[section_%d]\n" % rng.randrange(1000)
-        elif rng.random() < 0.15:
-            line = "# " + " ".join(rng.choices(WORDS, k=rng.randrange(4, 14))) + "\n"
+        x = rng.getrandbits(64)
+        r = x & 0xff
+        x >>= 8
+        if r < 25:
+            line = "\n[section_%d]\n" % (x & 0x3ff)
+        elif r < 60:
+            line = "# " + " ".join(_words(rng, 4 + (x & 7))) + "\n"
         else:
-            line = "%s = %s\n" % (rng.choice(CONF_KEYS),
-                                  rng.choice([str(rng.randrange(65536)), "on", "off",
-                                              "/var/lib/" + rng.choice(WORDS)]))
+            v = x >> 12
+            line = "%s = %s\n" % (CONF_KEYS[(x & 0xff) % nk],
+                                   (str(v & 0xffff), "on", "off",
+                                    "/var/lib/" + WORDS[(v >> 16) % nw])[(x >> 8) & 3])
         out.append(line)
         size += len(line)
     return "".join(out).encode()[:n]
@@ -294,6 +321,10 @@ def build_base(root, size_mib, seed):
         if made["real"] >= budget:
             break
         if made["real"] + sz > budget + 256 * KiB:
+            continue
+        # small files are most of the count but ~5% of the bytes: keep 1 in 5 of
+        # them so that the tree has fewer, larger files (much faster to make)
+        if sz < 8 * KiB and rng.random() < 0.8:
             continue
         dst = os.path.join(root, src.lstrip("/"))
         try:

@@ -120,7 +120,9 @@ impl Backend for LocalBackend {
             if name.starts_with('.') {
                 continue;
             }
-            let ft = entry.file_type().ctx(|| format!("listing {}", base.display()))?;
+            let ft = entry
+                .file_type()
+                .ctx(|| format!("listing {}", base.display()))?;
             if ft.is_dir() && name.len() == 2 {
                 for sub in self.list(&format!("{dir}/{name}"))? {
                     out.push(sub);

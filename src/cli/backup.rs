@@ -28,7 +28,9 @@ pub struct Args {
 fn parse_time(s: &str) -> std::result::Result<String, String> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.to_rfc3339())
-        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-11-22T02:00:00+01:00: {e}"))
+        .map_err(|e| {
+            format!("{s:?} is not an RFC 3339 time such as 2026-11-22T02:00:00+01:00: {e}")
+        })
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
@@ -45,9 +47,17 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
     if cli.json {
         cli.print_json(&r);
     } else {
-        println!("snapshot {} saved (VM {}, {} disks)", &r.snapshot[..8], r.vm, r.disks);
+        println!(
+            "snapshot {} saved (VM {}, {} disks)",
+            &r.snapshot[..8],
+            r.vm,
+            r.disks
+        );
         if r.disks_unchanged > 0 {
-            println!("  {} disks unchanged since the parent snapshot, not read", r.disks_unchanged);
+            println!(
+                "  {} disks unchanged since the parent snapshot, not read",
+                r.disks_unchanged
+            );
         }
         println!(
             "  {} logical, {} read, {} holes skipped, {} new, {} stored in {} packs, {:.1}s",

@@ -22,7 +22,11 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
         r.index_files,
         r.packs,
         r.blobs,
-        if r.read_data { ", all data read and verified" } else { "" }
+        if r.read_data {
+            ", all data read and verified"
+        } else {
+            ""
+        }
     );
     if r.unreferenced_packs > 0 {
         println!(

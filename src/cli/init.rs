@@ -23,7 +23,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
     let path = cli.repo_path()?;
     let mut opts = InitOptions::default();
     let default_avg = opts.chunker.avg_size;
-    let size = a.chunk_size.map_or(default_avg, |s| s.min(u32::MAX as u64) as u32);
+    let size = a
+        .chunk_size
+        .map_or(default_avg, |s| s.min(u32::MAX as u64) as u32);
     opts.chunker = match a.chunker.as_str() {
         "fixed" => ChunkerParams::fixed(size),
         _ => ChunkerParams::fastcdc(size),

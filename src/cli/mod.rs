@@ -14,7 +14,11 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "cairn", version, about = "Deduplicating, encrypted backups of VM disk images")]
+#[command(
+    name = "cairn",
+    version,
+    about = "Deduplicating, encrypted backups of VM disk images"
+)]
 pub struct Cli {
     /// Repository folder (local disk or NAS mount).
     #[arg(long = "repo", short = 'r', env = "CAIRN_REPOSITORY", global = true)]
@@ -83,7 +87,11 @@ impl Cli {
         }
         let p = rpassword::prompt_password("repository password: ")
             .map_err(|e| Error::io("reading the password", e))?;
-        if confirm && rpassword::prompt_password("again: ").map_err(|e| Error::io("reading the password", e))? != p {
+        if confirm
+            && rpassword::prompt_password("again: ")
+                .map_err(|e| Error::io("reading the password", e))?
+                != p
+        {
             return Err(Error::Usage("the passwords differ".into()));
         }
         Ok(p)
@@ -94,7 +102,10 @@ impl Cli {
     }
 
     pub fn print_json<T: serde::Serialize>(&self, v: &T) {
-        println!("{}", serde_json::to_string_pretty(v).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).expect("report serializes")
+        );
     }
 }
 

@@ -39,7 +39,12 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
                 d.path.display()
             );
         }
-        println!("snapshot {} of VM {} restored and verified in {:.1}s", &r.snapshot[..8], r.vm, r.duration_secs);
+        println!(
+            "snapshot {} of VM {} restored and verified in {:.1}s",
+            &r.snapshot[..8],
+            r.vm,
+            r.duration_secs
+        );
     }
     Ok(0)
 }

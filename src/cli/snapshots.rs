@@ -58,7 +58,10 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
         cli.print_json(&rows);
         return Ok(0);
     }
-    println!("{:<8}  {:<12}  {:<25}  {:<12}  {:<12}  {:<5}  {:>10}", "ID", "VM", "TIME", "HOST", "TAGS", "DISKS", "SIZE");
+    println!(
+        "{:<8}  {:<12}  {:<25}  {:<12}  {:<12}  {:<5}  {:>10}",
+        "ID", "VM", "TIME", "HOST", "TAGS", "DISKS", "SIZE"
+    );
     for r in &rows {
         println!(
             "{:<8}  {:<12}  {:<25}  {:<12}  {:<12}  {:<5}  {:>10}",

@@ -103,7 +103,13 @@ impl DiskImage for RawImage {
                     self.size
                 ))
             } else {
-                Error::io(format!("reading disk image {} at offset {offset}", self.path.display()), e)
+                Error::io(
+                    format!(
+                        "reading disk image {} at offset {offset}",
+                        self.path.display()
+                    ),
+                    e,
+                )
             }
         })
     }
@@ -131,7 +137,10 @@ mod tests {
         assert_eq!(img.size(), 64 << 20);
         let a = img.allocated(0..64 << 20).unwrap();
         // tmpfs and ext4 report the written MiB exactly; some filesystems round.
-        assert!(a.iter().any(|r| r.start <= 8 << 20 && r.end >= 9 << 20), "{a:?}");
+        assert!(
+            a.iter().any(|r| r.start <= 8 << 20 && r.end >= 9 << 20),
+            "{a:?}"
+        );
         let total: u64 = a.iter().map(|r| r.end - r.start).sum();
         assert!(total < 16 << 20, "holes were reported as data: {a:?}");
         assert_eq!(img.allocated(0..4 << 20).unwrap(), vec![]);

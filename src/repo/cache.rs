@@ -78,32 +78,48 @@ impl IndexCache {
         std::fs::create_dir_all(dir).ctx(|| format!("creating cache folder {}", dir.display()))?;
         let path = dir.join("index.redb");
         match Self::open_db(&path) {
-            Ok(db) => Ok(IndexCache { db, private_dir: None }),
+            Ok(db) => Ok(IndexCache {
+                db,
+                private_dir: None,
+            }),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 let private = std::env::temp_dir().join(format!(
                     "cairn-cache-{}",
                     hex::encode(crate::crypto::random_bytes::<8>())
                 ));
-                std::fs::create_dir_all(&private).ctx(|| format!("creating {}", private.display()))?;
+                std::fs::create_dir_all(&private)
+                    .ctx(|| format!("creating {}", private.display()))?;
                 let db = Self::open_db(&private.join("index.redb")).map_err(db_err)?;
-                Ok(IndexCache { db, private_dir: Some(private) })
+                Ok(IndexCache {
+                    db,
+                    private_dir: Some(private),
+                })
             }
             Err(_) => {
                 // A damaged cache is only a copy: start it afresh.
                 let _ = std::fs::remove_file(&path);
                 let db = Self::open_db(&path).map_err(db_err)?;
-                Ok(IndexCache { db, private_dir: None })
+                Ok(IndexCache {
+                    db,
+                    private_dir: None,
+                })
             }
         }
     }
 
     fn open_db(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
-        redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)
+        redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
     }
 
     /// Brings the cache in line with the repository's `index/` folder: merges new files,
     /// and rebuilds from scratch if a merged file is gone.
-    pub fn sync(&self, backend: &dyn Backend, read: &dyn Fn(&str) -> Result<IndexFile>) -> Result<()> {
+    pub fn sync(
+        &self,
+        backend: &dyn Backend,
+        read: &dyn Fn(&str) -> Result<IndexFile>,
+    ) -> Result<()> {
         let listed: HashSet<String> = backend.list("index")?.into_iter().collect();
         let merged: HashSet<String> = {
             let tx = self.db.begin_read().map_err(db_err)?;
@@ -155,7 +171,9 @@ impl IndexCache {
                 packs.insert(p.pack.0, p.salt).map_err(db_err)?;
                 for e in &p.entries {
                     if blobs.get(e.id.0).map_err(db_err)?.is_none() {
-                        blobs.insert(e.id.0, encode_loc(&p.pack, e)).map_err(db_err)?;
+                        blobs
+                            .insert(e.id.0, encode_loc(&p.pack, e))
+                            .map_err(db_err)?;
                     }
                 }
             }
@@ -194,8 +212,12 @@ pub struct CacheReader {
 
 impl CacheReader {
     pub fn get(&self, id: &Id) -> Result<Option<BlobLoc>> {
-        let Some(t) = &self.blobs else { return Ok(None) };
-        Ok(t.get(id.0).map_err(db_err)?.map(|v| decode_loc(*id, &v.value())))
+        let Some(t) = &self.blobs else {
+            return Ok(None);
+        };
+        Ok(t.get(id.0)
+            .map_err(db_err)?
+            .map(|v| decode_loc(*id, &v.value())))
     }
 
     pub fn contains(&self, id: &Id) -> Result<bool> {
@@ -204,7 +226,9 @@ impl CacheReader {
 
     /// The sealing salt of a pack, as its index entry recorded it.
     pub fn pack_salt(&self, pack: &Id) -> Result<Option<[u8; 32]>> {
-        let Some(t) = &self.packs else { return Ok(None) };
+        let Some(t) = &self.packs else {
+            return Ok(None);
+        };
         Ok(t.get(pack.0).map_err(db_err)?.map(|v| v.value()))
     }
 
@@ -220,7 +244,9 @@ impl CacheReader {
 
     /// Every pack the index knows.
     pub fn packs(&self) -> Result<Vec<Id>> {
-        let Some(t) = &self.packs else { return Ok(Vec::new()) };
+        let Some(t) = &self.packs else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         for r in t.iter().map_err(db_err)? {
             out.push(Id(r.map_err(db_err)?.0.value()));

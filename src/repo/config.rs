@@ -158,7 +158,8 @@ impl KeyFile {
             ));
         }
         let salt = hex::decode(&self.salt).map_err(|_| Error::corrupt(name, "bad salt"))?;
-        let wrapped = hex::decode(&self.wrapped).map_err(|_| Error::corrupt(name, "bad wrapped key"))?;
+        let wrapped =
+            hex::decode(&self.wrapped).map_err(|_| Error::corrupt(name, "bad wrapped key"))?;
         let kek = self.kdf_params.derive(password.as_bytes(), &salt)?;
         Ok(crypto::open_with_key(&kek, &wrapped).and_then(|m| m[..].try_into().ok()))
     }

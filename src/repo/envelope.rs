@@ -56,7 +56,10 @@ impl FileHeader {
 
     pub fn decode(kind: FileKind, b: &[u8], keys: &Keys, name: &str) -> Result<FileHeader> {
         if b.len() < HEADER_LEN || &b[..4] != kind.magic() {
-            return Err(Error::corrupt(name, "not a cairn file of this kind (bad magic or too short)"));
+            return Err(Error::corrupt(
+                name,
+                "not a cairn file of this kind (bad magic or too short)",
+            ));
         }
         let version = u16::from_le_bytes([b[4], b[5]]);
         if version != FORMAT_VERSION {
@@ -68,7 +71,11 @@ impl FileHeader {
         if b[6] != keys.cipher() {
             return Err(Error::corrupt(
                 name,
-                format!("sealed with cipher id {}, but the repository uses {}", b[6], keys.cipher()),
+                format!(
+                    "sealed with cipher id {}, but the repository uses {}",
+                    b[6],
+                    keys.cipher()
+                ),
             ));
         }
         Ok(FileHeader {
@@ -105,7 +112,12 @@ pub fn decompress(payload: &[u8], raw_len: usize, name: &dyn Fn() -> String) -> 
         COMP_NONE => data.to_vec(),
         COMP_ZSTD => zstd::bulk::decompress(data, raw_len)
             .map_err(|e| Error::corrupt(name(), format!("zstd: {e}")))?,
-        other => return Err(Error::corrupt(name(), format!("unknown compression id {other}"))),
+        other => {
+            return Err(Error::corrupt(
+                name(),
+                format!("unknown compression id {other}"),
+            ))
+        }
     };
     if out.len() != raw_len {
         return Err(Error::corrupt(
@@ -139,7 +151,9 @@ pub fn decode_file(kind: FileKind, keys: &Keys, bytes: &[u8], name: &str) -> Res
     let (body, len) = bytes[HEADER_LEN..].split_at(bytes.len() - HEADER_LEN - 4);
     let raw_len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
     let what = || name.to_string();
-    let payload = header.sealer(keys).open(body, &bytes[..HEADER_LEN], &what)?;
+    let payload = header
+        .sealer(keys)
+        .open(body, &bytes[..HEADER_LEN], &what)?;
     decompress(&payload, raw_len, &what)
 }
 
@@ -153,7 +167,10 @@ mod tests {
             let payload = vec![42u8; 10_000];
             let f = encode_file(FileKind::Index, &keys, &payload, 3);
             assert!(f.len() < 1000, "compressible payload is compressed");
-            assert_eq!(decode_file(FileKind::Index, &keys, &f, "x").unwrap(), payload);
+            assert_eq!(
+                decode_file(FileKind::Index, &keys, &f, "x").unwrap(),
+                payload
+            );
             assert!(decode_file(FileKind::Snapshot, &keys, &f, "x").is_err());
         }
     }

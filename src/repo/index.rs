@@ -57,7 +57,11 @@ impl IndexFile {
             for _ in 0..n {
                 entries.push(PackEntry::decode(take(ENTRY_LEN)?).ok_or_else(bad)?);
             }
-            packs.push(IndexPack { pack, salt, entries });
+            packs.push(IndexPack {
+                pack,
+                salt,
+                entries,
+            });
         }
         if pos != b.len() {
             return Err(bad());

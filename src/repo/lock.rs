@@ -131,7 +131,8 @@ impl Lock {
         let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let lost = Arc::new(AtomicBool::new(false));
         let refresher = {
-            let (stop, lost, backend, name) = (stop.clone(), lost.clone(), backend.clone(), name.clone());
+            let (stop, lost, backend, name) =
+                (stop.clone(), lost.clone(), backend.clone(), name.clone());
             std::thread::spawn(move || loop {
                 let (m, cv) = &*stop;
                 let guard = m.lock().unwrap_or_else(|e| e.into_inner());
@@ -197,7 +198,9 @@ mod tests {
         let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()));
         let s1 = Lock::acquire(b.clone(), LockKind::Shared, "backup").unwrap();
         let s2 = Lock::acquire(b.clone(), LockKind::Shared, "backup").unwrap();
-        let e = Lock::acquire(b.clone(), LockKind::Exclusive, "prune").err().unwrap();
+        let e = Lock::acquire(b.clone(), LockKind::Exclusive, "prune")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("`backup`"), "{e}");
         drop((s1, s2));
         let x = Lock::acquire(b.clone(), LockKind::Exclusive, "prune").unwrap();
@@ -222,13 +225,20 @@ mod tests {
             created: now(),
             refreshed: now(),
         };
-        b.put("locks/dead", &serde_json::to_vec(&info).unwrap()).unwrap();
+        b.put("locks/dead", &serde_json::to_vec(&info).unwrap())
+            .unwrap();
         assert!(info.stale_reason().is_some());
         Lock::acquire(b.clone(), LockKind::Shared, "backup").unwrap();
         // The same lock from another host that refreshed recently still counts.
-        let other = LockInfo { host: "elsewhere".into(), ..info };
-        b.put("locks/other", &serde_json::to_vec(&other).unwrap()).unwrap();
-        let e = Lock::acquire(b.clone(), LockKind::Shared, "backup").err().unwrap();
+        let other = LockInfo {
+            host: "elsewhere".into(),
+            ..info
+        };
+        b.put("locks/other", &serde_json::to_vec(&other).unwrap())
+            .unwrap();
+        let e = Lock::acquire(b.clone(), LockKind::Shared, "backup")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("host elsewhere"), "{e}");
     }
 }

@@ -71,7 +71,9 @@ pub fn default_cache_root() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("cairn");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("cairn")
 }
 
@@ -79,8 +81,11 @@ impl Repository {
     /// Creates a repository at `path`; `password` None means unencrypted.
     pub fn init(path: &Path, password: Option<&str>, opts: &InitOptions) -> Result<Repository> {
         opts.chunker.validate()?;
-        if !opts.table_span.is_power_of_two() || opts.table_span < opts.chunker.segment_size as u64 {
-            return Err(Error::Usage("table span must be a power of two ≥ the segment size".into()));
+        if !opts.table_span.is_power_of_two() || opts.table_span < opts.chunker.segment_size as u64
+        {
+            return Err(Error::Usage(
+                "table span must be a power of two ≥ the segment size".into(),
+            ));
         }
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
         if backend.size("config")?.is_some() {
@@ -112,7 +117,10 @@ impl Repository {
         };
         config.seal(&keys);
         // The config goes last: a folder without one is not (yet) a repository.
-        backend.put("config", &serde_json::to_vec_pretty(&config).expect("config serializes"))?;
+        backend.put(
+            "config",
+            &serde_json::to_vec_pretty(&config).expect("config serializes"),
+        )?;
         Ok(Repository {
             backend,
             config,
@@ -183,7 +191,8 @@ impl Repository {
     pub fn write_file(&self, kind: FileKind, payload: &[u8]) -> Result<Id> {
         let bytes = envelope::encode_file(kind, &self.keys, payload, self.config.zstd_level.max(1));
         let id = Id::of_file(&bytes);
-        self.backend.put(&format!("{}/{}", Self::dir(kind), id), &bytes)?;
+        self.backend
+            .put(&format!("{}/{}", Self::dir(kind), id), &bytes)?;
         Ok(id)
     }
 
@@ -192,7 +201,10 @@ impl Repository {
         let bytes = self.backend.get(name)?;
         let expected = name.rsplit('/').next().and_then(Id::from_hex);
         if expected != Some(Id::of_file(&bytes)) {
-            return Err(Error::corrupt(name, "content does not match its name (truncated or changed)"));
+            return Err(Error::corrupt(
+                name,
+                "content does not match its name (truncated or changed)",
+            ));
         }
         envelope::decode_file(kind, &self.keys, &bytes, name)
     }
@@ -240,7 +252,11 @@ mod tests {
         let r = Repository::init(&p, Some("pw"), &fast_opts()).unwrap();
         let id = r.write_file(FileKind::Snapshot, b"manifest").unwrap();
         let r2 = Repository::open(&p, &|| Ok("pw".into())).unwrap();
-        assert_eq!(r2.read_file(FileKind::Snapshot, &format!("snapshots/{id}")).unwrap(), b"manifest");
+        assert_eq!(
+            r2.read_file(FileKind::Snapshot, &format!("snapshots/{id}"))
+                .unwrap(),
+            b"manifest"
+        );
         assert!(matches!(
             Repository::open(&p, &|| Ok("nope".into())),
             Err(Error::WrongPassword(_))
@@ -258,7 +274,11 @@ mod tests {
         let p = dir.path().join("repo");
         Repository::init(&p, Some("pw"), &fast_opts()).unwrap();
         let cfg = std::fs::read_to_string(p.join("config")).unwrap();
-        std::fs::write(p.join("config"), cfg.replace("\"zstd_level\": 3", "\"zstd_level\": 4")).unwrap();
+        std::fs::write(
+            p.join("config"),
+            cfg.replace("\"zstd_level\": 3", "\"zstd_level\": 4"),
+        )
+        .unwrap();
         let e = Repository::open(&p, &|| Ok("pw".into())).err().unwrap();
         assert!(e.to_string().contains("MAC"), "{e}");
     }

@@ -163,12 +163,10 @@ impl PackWriter {
         for e in &self.entries {
             e.encode_into(&mut toc);
         }
-        let sealed = self
-            .header
-            .sealer(keys)
-            .seal(&toc, &self.header.encode());
+        let sealed = self.header.sealer(keys).seal(&toc, &self.header.encode());
         self.buf.extend_from_slice(&sealed);
-        self.buf.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         (Id::of_file(&self.buf), self.buf, self.entries)
     }
 }
@@ -184,7 +182,10 @@ pub struct PackContents {
 pub fn parse_pack(keys: &Keys, id: &Id, bytes: &[u8]) -> Result<PackContents> {
     let name = pack_name(id);
     if Id::of_file(bytes) != *id {
-        return Err(Error::corrupt(&name, "content does not match its name (truncated or changed)"));
+        return Err(Error::corrupt(
+            &name,
+            "content does not match its name (truncated or changed)",
+        ));
     }
     let header = FileHeader::decode(FileKind::Pack, bytes, keys, &name)?;
     if bytes.len() < HEADER_LEN + 4 {
@@ -197,9 +198,11 @@ pub fn parse_pack(keys: &Keys, id: &Id, bytes: &[u8]) -> Result<PackContents> {
         .filter(|&e| e >= HEADER_LEN)
         .ok_or_else(|| Error::corrupt(&name, "pack header length points outside the file"))?;
     let what = || name.clone();
-    let toc = header
-        .sealer(keys)
-        .open(&bytes[blob_end..bytes.len() - 4], &bytes[..HEADER_LEN], &what)?;
+    let toc = header.sealer(keys).open(
+        &bytes[blob_end..bytes.len() - 4],
+        &bytes[..HEADER_LEN],
+        &what,
+    )?;
     let count = toc
         .get(..4)
         .map(|c| u32::from_le_bytes(c.try_into().expect("4")) as usize)
@@ -209,10 +212,14 @@ pub fn parse_pack(keys: &Keys, id: &Id, bytes: &[u8]) -> Result<PackContents> {
     }
     let mut entries = Vec::with_capacity(count);
     for raw in toc[4..].chunks_exact(ENTRY_LEN) {
-        let e = PackEntry::decode(raw).ok_or_else(|| Error::corrupt(&name, "bad pack header entry"))?;
+        let e =
+            PackEntry::decode(raw).ok_or_else(|| Error::corrupt(&name, "bad pack header entry"))?;
         let end = e.offset as usize + e.length as usize;
         if (e.offset as usize) < HEADER_LEN || end > blob_end {
-            return Err(Error::corrupt(&name, format!("blob {} lies outside the pack", e.id.short())));
+            return Err(Error::corrupt(
+                &name,
+                format!("blob {} lies outside the pack", e.id.short()),
+            ));
         }
         entries.push(e);
     }
