@@ -61,17 +61,18 @@ fn text_data(len: usize, seed: u64) -> Vec<u8> {
     ];
     let mut rng = Rng::new(seed);
     let mut v = Vec::with_capacity(len + 256);
+    // Milliseconds since midnight; log timestamps only move forward.
+    let mut ms = 0usize;
     while v.len() < len {
-        let secs = rng.below(86_400);
+        ms += rng.below(2000);
         let line = format!(
-            "2024-{:02}-{:02}T{:02}:{:02}:{:02}.{:06} host{:03} ",
-            1 + rng.below(12),
-            1 + rng.below(28),
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60,
-            rng.below(1_000_000),
-            rng.below(1000),
+            "2024-05-{:02}T{:02}:{:02}:{:02}.{:03} host{:02} ",
+            1 + ms / 86_400_000 % 28,
+            ms / 3_600_000 % 24,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000,
+            rng.below(8),
         );
         v.extend_from_slice(line.as_bytes());
         for _ in 0..4 + rng.below(8) {
@@ -79,12 +80,14 @@ fn text_data(len: usize, seed: u64) -> Vec<u8> {
                 0 => v.extend_from_slice(format!("{} ", rng.next() % 1_000_000).as_bytes()),
                 1 => v.extend_from_slice(format!("id=0x{:08x} ", rng.next() as u32).as_bytes()),
                 _ => {
-                    v.extend_from_slice(WORDS[rng.below(WORDS.len())].as_bytes());
+                    // Skewed towards the first words, like real text.
+                    let w = rng.below(1 + rng.below(WORDS.len()));
+                    v.extend_from_slice(WORDS[w].as_bytes());
                     v.push(b' ');
                 }
             }
         }
-        if rng.below(4) == 0 {
+        if rng.below(8) == 0 {
             for _ in 0..rng.below(24) {
                 v.push(rng.next() as u8);
             }

@@ -130,8 +130,9 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         if let Some(stamp) = src.image.stamp() {
             let now = std::fs::metadata(&src.path).map(|m| m.len()).unwrap_or(0);
             if now != stamp.size {
+                let how = if now < stamp.size { "shrank" } else { "grew" };
                 return Err(Error::Other(format!(
-                    "disk image {} changed size while being read ({} → {now} bytes); back up from a \
+                    "disk image {} {how} while being read ({} → {now} bytes); back up from a \
                      frozen snapshot. Nothing was committed",
                     src.path.display(),
                     stamp.size

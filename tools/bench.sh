@@ -3,15 +3,19 @@
 #
 #   tools/bench.sh [--size-gib 4] [--workdir /tmp/cairn-bench] [--out results.md]
 #                  [--tools cairn,restic,borg] [--seed 1] [--no-build]
-#                  [--cairn-bin PATH] [--keep]
+#                  [--cairn-bin PATH] [--keep] [--scattered-writes N]
 #
 # Phases:
 #   1. cargo build --release (binary ${CARGO_TARGET_DIR:-target}/release/cairn)
 #   2. gen-tree.py content (~60% of the image size), mkimage.sh -> base.img
 #      (sparse raw, GPT + ext4), then changed.img = copy of base.img with ~2% of
 #      the allocated data rewritten in place by qemu-io (deterministic offsets):
-#      half as 64 KiB..1 MiB extents of new data (random or log-like text),
-#      half as scattered 4 KiB `write -P 0xNN` writes.
+#      90% as 64 KiB..1 MiB extents of new data (random or log-like text) spread
+#      over the disk, 10% as 4 KiB `write -P 0xNN` writes, of which
+#      --scattered-writes N (default 64 per GiB of image) land uniformly over the
+#      allocated data and the rest in 16 hot 2 MiB zones.  Uniform scattered
+#      writes dirty one whole chunk each, so N matters a lot for tools with
+#      large chunks (restic ~1 MiB, borg ~2 MiB).
 #   3. machine limits on base.img: cat, b3sum, zstd -1 -T1.
 #   4. per tool, in a fresh repository under the workdir:
 #        a   first backup of base.img
@@ -41,8 +45,9 @@ SEED=1
 BUILD=1
 CAIRN_BIN=
 KEEP=0
+SCATTERED=
 
-usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case $1 in
         --size-gib) SIZE_GIB=$2; shift 2 ;;
@@ -53,12 +58,15 @@ while [[ $# -gt 0 ]]; do
         --no-build) BUILD=0; shift ;;
         --cairn-bin) CAIRN_BIN=$2; BUILD=0; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --scattered-writes) SCATTERED=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "bench: unknown argument $1" >&2; usage 2 ;;
     esac
 done
 [[ $SIZE_GIB =~ ^[0-9]+$ && $SIZE_GIB -ge 1 ]] || { echo "bench: --size-gib must be an integer >= 1" >&2; exit 2; }
 (( SIZE_GIB >= 4 )) || echo "bench: note: --size-gib $SIZE_GIB < 4 (fine for a smoke test)"
+SCATTERED=${SCATTERED:-$((SIZE_GIB * 64))}
+[[ $SCATTERED =~ ^[0-9]+$ ]] || { echo "bench: --scattered-writes must be an integer" >&2; exit 2; }
 case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
 case $WORKDIR in /*) ;; *) WORKDIR=$PWD/$WORKDIR ;; esac
 WORKDIR=${WORKDIR%/}
@@ -128,7 +136,12 @@ LAST_WALL=0
 measure() {
     local name=$1 tool=$2 step=$3; shift 3
     [[ $1 == -- ]] && shift
-    logcmd "$@"
+    if [[ $1 == sh && $2 == -c && $# -eq 5 ]]; then
+        local q; printf -v q '%q' "$5"
+        echo "${3//\"\$1\"/$q}" >>"$CMDS"     # sh -c 'SCRIPT' sh ARG -> SCRIPT with ARG
+    else
+        logcmd "$@"
+    fi
     local tf=$LOGS/$name.time
     if ! /usr/bin/time -f '%e %U %S %M' -o "$tf" -- "$@" </dev/null \
             >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
@@ -214,9 +227,9 @@ logcmd cp --sparse=always "$IMG" "$IMG2"
 cp --sparse=always "$IMG" "$IMG2"
 # Plan the writes: deterministic (seeded) offsets, weighted towards allocated
 # data (SEEK_DATA/SEEK_HOLE), 4 KiB aligned, past the GPT header.
-python3 - "$IMG2" "$SEED" "$WORKDIR/tmp" >"$WORKDIR/tmp/qemu-io.cmds" 2>"$WORKDIR/tmp/mutate.txt" <<'EOF'
+python3 - "$IMG2" "$SEED" "$WORKDIR/tmp" "$SCATTERED" >"$WORKDIR/tmp/qemu-io.cmds" 2>"$WORKDIR/tmp/mutate.txt" <<'EOF'
 import math, os, random, sys
-img, seed, tmp = sys.argv[1], sys.argv[2], sys.argv[3]
+img, seed, tmp, scattered = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 rng = random.Random(f"cairn-bench/{seed}/mutate")
 size = os.path.getsize(img)
 fd = os.open(img, os.O_RDONLY)
@@ -246,8 +259,8 @@ def pick(n, in_data):
     o -= o % 4096
     return max(lo, min(o, hi - n))
 WORDS = "the disk image backup chunk server kernel request latency user session".split()
-cmds, ext_bytes, ext_n, small_n = [], 0, 0, 0
-while ext_bytes < budget // 2:                 # half: extents of new data
+cmds, ext_bytes, ext_n = [], 0, 0
+while ext_bytes < budget * 90 // 100:          # 90%: extents of new data
     n = int(math.exp(rng.uniform(math.log(64 << 10), math.log(1 << 20))))
     n -= n % 4096
     o = pick(n, rng.random() < 0.85)
@@ -265,16 +278,26 @@ while ext_bytes < budget // 2:                 # half: extents of new data
         f.write(buf)
     cmds.append(f"write -q -s {src} {o} {n}")
     ext_bytes += n; ext_n += 1
-small = (budget - ext_bytes) // 4096
-for i in range(max(small, 0)):                 # half: scattered 4 KiB writes
-    o = pick(4096, rng.random() < 0.9)
+# 10%: 4 KiB pattern writes; `scattered` of them uniformly over the allocated
+# data, the rest clustered in 16 hot 2 MiB zones (like fs metadata / journal /
+# database pages that are rewritten every day)
+small = max(0, (budget - ext_bytes) // 4096)
+scattered = min(scattered, small)
+zones = [pick(2 << 20, True) for _ in range(16)]
+for i in range(small):
+    if i < scattered:
+        o = pick(4096, True)
+    else:
+        z = zones[rng.randrange(len(zones))]
+        o = z + rng.randrange(512) * 4096
     cmds.append(f"write -q -P 0x{rng.randrange(1, 256):02x} {o} 4096")
-    small_n += 1
 print("\n".join(cmds))
+total = ext_bytes + small * 4096
 sys.stderr.write(f"{ext_n} extents of 64 KiB..1 MiB ({ext_bytes / 2**20:.1f} MiB, half random, "
-                 f"half text) + {small_n} x 4 KiB pattern writes ({small_n * 4096 / 2**20:.1f} MiB) "
-                 f"= {(ext_bytes + small_n * 4096) / 2**20:.1f} MiB = "
-                 f"{100 * (ext_bytes + small_n * 4096) / max(data, 1):.2f}% of "
+                 f"half text; 85% over allocated data, 15% anywhere) + {small} x 4 KiB pattern "
+                 f"writes ({small * 4096 / 2**20:.1f} MiB; {scattered} scattered uniformly over "
+                 f"the allocated data, {small - scattered} in 16 hot 2 MiB zones) = "
+                 f"{total / 2**20:.1f} MiB = {100 * total / max(data, 1):.2f}% of "
                  f"{data / 2**20:.0f} MiB allocated data\n")
 EOF
 info "$(cat "$WORKDIR/tmp/mutate.txt")"
@@ -455,6 +478,7 @@ versions() {
     echo "- Page cache: NOT dropped; every backup step is preceded by \`cat\` of the image, so all numbers are warm-cache (the disk is not measured)."
     echo "- MB/s = apparent image size ($IMG_BYTES bytes) / wall time, MB = 10^6 bytes. CPU = user + sys. Peak RSS = GNU time %M. Repo = \`du -sb\` of the repository after the step."
     echo "- cairn: \`cairn init\` defaults. restic: repository format v2, compression auto (zstd), default chunker (~1 MiB avg CDC), cache in the workdir. borg: \`-e ${BORG_ENC:-repokey-blake2}\`, compression lz4 (the borg default, given explicitly), default buzhash chunker (~2 MiB avg), restore with \`--sparse\`. restic $(restic version 2>/dev/null | awk '{print $2}') restore has no sparse option (writes the holes as zeros)."
+    echo "- borg 1.2 keeps a file in its files cache only if its ctime/mtime is older than the newest one seen in that backup, so with a single file argument the files cache never hits: borg's \"b unchanged\" re-reads and re-chunks the whole image (status A), like the forced variant."
     echo
     echo "## Results"
     echo
