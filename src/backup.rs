@@ -148,7 +148,6 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
             stamp: src.image.stamp(),
         });
     }
-    session.w.finish(&session.shared)?;
     lock.check()?;
 
     let summary = Summary {
@@ -249,10 +248,23 @@ struct Shared<'a> {
     claimed: Mutex<HashSet<Id>>,
 }
 
-/// The writer's state: the open pack, index entries not yet written, counters.
+/// A finished pack on its way to the backend.
+struct Upload {
+    name: String,
+    bytes: Vec<u8>,
+    entry: IndexPack,
+}
+
+/// The writer's state: the open pack, packs being uploaded, index entries not yet
+/// written, counters.
 struct Writer {
     header: FileHeader,
     pack: Option<PackWriter>,
+    /// To the uploader thread; None once closed.
+    uploads: Option<SyncSender<Upload>>,
+    /// Packs the uploader made durable (or its error).
+    uploaded: Option<Receiver<Result<IndexPack>>>,
+    /// Durable packs not yet named by an index file.
     index: IndexFile,
     bytes_read: u64,
     bytes_new: u64,
@@ -282,6 +294,8 @@ impl<'a> Session<'a> {
             w: Writer {
                 header,
                 pack: None,
+                uploads: None,
+                uploaded: None,
                 index: IndexFile::default(),
                 bytes_read: 0,
                 bytes_new: 0,
@@ -332,7 +346,26 @@ impl<'a> Session<'a> {
                 });
             }
             drop(res_tx);
-            let written = w.take_results(sh, res_rx, &pool_tx, &mut builders, progress);
+            // Packs are written (and fsynced) by their own thread, so the pipeline keeps
+            // chunking while the disk flushes; at most two finished packs wait in memory.
+            let (up_tx, up_rx) = sync_channel::<Upload>(1);
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let backend = &sh.repo.backend;
+            scope.spawn(move || {
+                for u in up_rx {
+                    let r = backend.put(&u.name, &u.bytes).map(|()| u.entry);
+                    let failed = r.is_err();
+                    if done_tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            w.uploads = Some(up_tx);
+            w.uploaded = Some(done_rx);
+            let written = w
+                .take_results(sh, res_rx, &pool_tx, &mut builders, progress)
+                .and_then(|()| w.finish(sh));
+            w.uploads = None; // ends the uploader if finish did not
             drop(pool_tx);
             let read = reader
                 .join()
@@ -416,15 +449,44 @@ impl Writer {
             return Ok(());
         };
         let (id, bytes, entries) = pack.finish(&sh.repo.keys);
-        sh.repo.backend.put(&pack_name(&id), &bytes)?;
+        let upload = Upload {
+            name: pack_name(&id),
+            bytes,
+            entry: IndexPack {
+                pack: id,
+                salt: self.header.salt,
+                entries,
+            },
+        };
+        let sent = self.uploads.as_ref().map(|u| u.send(upload).is_ok());
+        if sent != Some(true) {
+            // The uploader stopped: its error says why.
+            self.collect_uploaded(true)?;
+            return Err(Error::Other("the pack writer stopped unexpectedly".into()));
+        }
         self.packs_written += 1;
-        self.index.packs.push(IndexPack {
-            pack: id,
-            salt: self.header.salt,
-            entries,
-        });
+        self.collect_uploaded(false)?;
         if self.index.blob_count() >= INDEX_FLUSH_ENTRIES {
             self.flush_index(sh)?;
+        }
+        Ok(())
+    }
+
+    /// Moves packs the uploader has made durable into the pending index; with `all`, waits
+    /// until the uploader has finished every pack.
+    fn collect_uploaded(&mut self, all: bool) -> Result<()> {
+        let Some(rx) = &self.uploaded else {
+            return Ok(());
+        };
+        if all {
+            self.uploads = None;
+            for r in rx.iter() {
+                self.index.packs.push(r?);
+            }
+        } else {
+            while let Ok(r) = rx.try_recv() {
+                self.index.packs.push(r?);
+            }
         }
         Ok(())
     }
@@ -446,6 +508,7 @@ impl Writer {
 
     fn finish(&mut self, sh: &Shared) -> Result<()> {
         self.flush_pack(sh)?;
+        self.collect_uploaded(true)?;
         self.flush_index(sh)
     }
 }

@@ -171,6 +171,7 @@ fn push_hole(out: &mut Vec<Piece>, offset: usize, len: usize) {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
 

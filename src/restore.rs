@@ -202,6 +202,9 @@ fn pack_sealer(repo: &Repository, reader: &CacheReader, pack: &Id) -> Result<Sea
     Ok(repo.keys.sealer(&salt))
 }
 
+/// A chunk to restore: where it is stored, and every disk offset that holds it.
+type Wanted = (BlobLoc, Vec<u64>);
+
 /// Restores the chunks of one table: grouped by pack, read in pack order, in parallel.
 fn write_table(
     repo: &Repository,
@@ -212,7 +215,7 @@ fn write_table(
     tmp: &Path,
 ) -> Result<u64> {
     // (location, disk offsets) per distinct chunk.
-    let mut wanted: HashMap<Id, (BlobLoc, Vec<u64>)> = HashMap::new();
+    let mut wanted: HashMap<Id, Wanted> = HashMap::new();
     let mut off = base;
     for e in &table.extents {
         if let Some(id) = e.id {
@@ -232,11 +235,11 @@ fn write_table(
         }
         off += e.len as u64;
     }
-    let mut by_pack: HashMap<Id, Vec<(BlobLoc, Vec<u64>)>> = HashMap::new();
+    let mut by_pack: HashMap<Id, Vec<Wanted>> = HashMap::new();
     for (_, w) in wanted {
         by_pack.entry(w.0.pack).or_default().push(w);
     }
-    let mut groups: Vec<(Id, Sealer, Vec<(BlobLoc, Vec<u64>)>)> = Vec::new();
+    let mut groups: Vec<(Id, Sealer, Vec<Wanted>)> = Vec::new();
     for (pack, mut blobs) in by_pack {
         blobs.sort_by_key(|b| b.0.entry.offset);
         groups.push((pack, pack_sealer(repo, reader, &pack)?, blobs));
@@ -268,7 +271,7 @@ fn write_table(
 }
 
 /// Splits a pack's wanted blobs (sorted by offset) into runs read with one request each.
-fn read_runs(blobs: &[(BlobLoc, Vec<u64>)]) -> Vec<&[(BlobLoc, Vec<u64>)]> {
+fn read_runs(blobs: &[Wanted]) -> Vec<&[Wanted]> {
     let mut runs = Vec::new();
     let mut start = 0;
     for i in 1..=blobs.len() {

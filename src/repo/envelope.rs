@@ -93,11 +93,22 @@ impl FileHeader {
 /// Compresses `data` with zstd when that makes it smaller; returns the compression byte and
 /// the bytes to store.
 pub fn compress(data: &[u8], level: i32) -> (u8, std::borrow::Cow<'_, [u8]>) {
+    thread_local! {
+        // A zstd context allocates and clears hundreds of KiB of tables: make one per
+        // thread and level, not one per chunk.
+        static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
     if level > 0 {
-        if let Ok(c) = zstd::bulk::compress(data, level) {
-            if c.len() < data.len() {
-                return (COMP_ZSTD, c.into());
+        let compressed = CCTX.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.as_ref().is_none_or(|(l, _)| *l != level) {
+                *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
             }
+            c.as_mut()?.1.compress(data).ok()
+        });
+        if let Some(c) = compressed.filter(|c| c.len() < data.len()) {
+            return (COMP_ZSTD, c.into());
         }
     }
     (COMP_NONE, data.into())

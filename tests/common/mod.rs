@@ -250,6 +250,7 @@ pub fn make_random_image(img: &Path, size: u64, data: u64, seed: u64) {
 
 /// Runs a command to completion; returns its status, peak RSS in KiB (from wait4's
 /// rusage, the kernel's own count) and its stdout followed by its stderr.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also yields the rusage
 pub fn run_measured(mut cmd: Command) -> (std::process::ExitStatus, u64, String) {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
