@@ -453,7 +453,7 @@ done
 # ------------------------------------------------------------ report
 phase "writing $OUT"
 versions() {
-    echo "- cairn: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)')$(have_tool cairn || echo ' (not run)')"
+    echo "- cairn: repo at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)')$(have_tool cairn && echo ", binary $CAIRN_BIN" || echo ' (not run)')"
     command -v restic >/dev/null && echo "- $(restic version | head -n1)"
     command -v borg >/dev/null && echo "- $(borg --version)"
     echo "- $(qemu-img --version | head -n1), $(mkfs.ext4 -V 2>&1 | head -n1), $(b3sum --version), $(zstd --version | head -n1)"
@@ -493,6 +493,8 @@ versions() {
     echo "| command | wall s | CPU s | peak RSS MiB | MB/s |"
     echo "|---|---:|---:|---:|---:|"
     awk -F'\t' '{ printf "| `%s` | %.2f | %.2f | %.0f | %s |\n", $1, $2, $3, $4/1024, $5 }' "$LIMITS"
+    echo
+    echo "b3sum memory-maps the file, so its peak RSS counts the page-cache pages it mapped. All of these read the holes of the sparse image as zeros."
     echo
     echo "Logs of every command: $LOGS"
 } >"$OUT"

@@ -125,8 +125,9 @@ pub fn allocated(p: &Path) -> u64 {
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*).
-pub fn noise(buf: &mut [u8], mut s: u64) {
-    s |= 1;
+pub fn noise(buf: &mut [u8], seed: u64) {
+    // Spread the seed so that neighbouring seeds give unrelated streams.
+    let mut s = seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     for c in buf.chunks_mut(8) {
         s ^= s >> 12;
         s ^= s << 25;

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the disk tools the tests and the demo drive (Debian/Ubuntu package names).
+# Idempotent: does nothing when every tool is present.
+set -euo pipefail
+declare -A pkg=([sfdisk]=fdisk [mkfs.ext4]=e2fsprogs [e2fsck]=e2fsprogs [debugfs]=e2fsprogs
+                [qemu-img]=qemu-utils [qemu-io]=qemu-utils [sha256sum]=coreutils)
+missing=()
+for tool in "${!pkg[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/sbin:/usr/sbin" command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg[$tool]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing tools; install as root: apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${missing[@]}" >/dev/null
