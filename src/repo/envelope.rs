@@ -183,6 +183,10 @@ mod tests {
                 payload
             );
             assert!(decode_file(FileKind::Snapshot, &keys, &f, "x").is_err());
+            let mut newer = f.clone();
+            newer[4] = 2;
+            let e = decode_file(FileKind::Index, &keys, &newer, "x").unwrap_err();
+            assert!(e.to_string().contains("format version 2"), "{e}");
         }
     }
 }

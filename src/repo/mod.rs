@@ -269,6 +269,25 @@ mod tests {
     }
 
     #[test]
+    fn newer_format_version_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("repo");
+        Repository::init(&p, None, &fast_opts()).unwrap();
+        let cfg = std::fs::read_to_string(p.join("config")).unwrap();
+        std::fs::write(
+            p.join("config"),
+            cfg.replace("\"version\": 1", "\"version\": 2"),
+        )
+        .unwrap();
+        let e = Repository::open(&p, &|| Ok(String::new())).err().unwrap();
+        assert!(
+            matches!(e, Error::UnsupportedVersion { found: 2, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("format version 2"), "{e}");
+    }
+
+    #[test]
     fn tampered_config_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("repo");
