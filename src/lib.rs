@@ -16,6 +16,7 @@ pub mod image;
 pub mod progress;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod snapshot;
 
 pub use error::{Error, Result};
