@@ -17,10 +17,9 @@ use crate::chunker::Chunker;
 use crate::crypto::Sealer;
 use crate::image::DiskImage;
 use crate::repo::cache::IndexCache;
-use crate::repo::envelope::{FileHeader, FileKind};
-use crate::repo::index::{IndexFile, IndexPack};
 use crate::repo::lock::LockKind;
-use crate::repo::pack::{pack_name, seal_blob, BlobKind, PackWriter, SealedBlob};
+use crate::repo::pack::{seal_blob, BlobKind, SealedBlob};
+use crate::repo::packer::{Packer, WrittenIndex};
 use crate::repo::Repository;
 use crate::snapshot::{self, ChunkTable, Disk, Extent, Snapshot, Summary, MANIFEST_VERSION};
 use crate::{Error, Id, Result};
@@ -30,9 +29,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-/// Index entries written per index file at most; bounds the session's memory.
-const INDEX_FLUSH_ENTRIES: usize = 64 * 1024;
 
 pub struct BackupOptions {
     pub vm: String,
@@ -125,6 +121,11 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
     let read_sources: Vec<&Source> = to_read.iter().map(|&i| &sources[i]).collect();
     let tables = session.run_pipeline(&read_sources, &|n| bar.inc(n))?;
     bar.finish_and_clear();
+    let Session { shared, mut w } = session;
+    if let Some(written) = w.packer.finish()? {
+        shared.indexed(&written)?;
+    }
+    let (bytes_stored, packs_written) = (w.packer.bytes_stored, w.packer.packs_written);
     for (&i, tables) in to_read.iter().zip(tables) {
         let src = &sources[i];
         if let Some(stamp) = src.image.stamp() {
@@ -151,10 +152,10 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
     lock.check()?;
 
     let summary = Summary {
-        bytes_read: session.w.bytes_read,
-        bytes_new: session.w.bytes_new,
-        bytes_stored: session.w.bytes_stored,
-        holes: session.w.holes,
+        bytes_read: w.bytes_read,
+        bytes_new: w.bytes_new,
+        bytes_stored: bytes_stored,
+        holes: w.holes,
         duration_ms: started.elapsed().as_millis() as u64,
     };
     let snap = Snapshot {
@@ -184,7 +185,7 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         bytes_new: summary.bytes_new,
         bytes_stored: summary.bytes_stored,
         holes_skipped: summary.holes,
-        packs_written: session.w.packs_written,
+        packs_written: packs_written,
         duration_secs: started.elapsed().as_secs_f64(),
     })
 }
@@ -248,60 +249,37 @@ struct Shared<'a> {
     claimed: Mutex<HashSet<Id>>,
 }
 
-/// A finished pack on its way to the backend.
-struct Upload {
-    name: String,
-    bytes: Vec<u8>,
-    entry: IndexPack,
-}
-
-/// The writer's state: the open pack, packs being uploaded, index entries not yet
-/// written, counters.
-struct Writer {
-    header: FileHeader,
-    pack: Option<PackWriter>,
-    /// To the uploader thread; None once closed.
-    uploads: Option<SyncSender<Upload>>,
-    /// Packs the uploader made durable (or its error).
-    uploaded: Option<Receiver<Result<IndexPack>>>,
-    /// Durable packs not yet named by an index file.
-    index: IndexFile,
+/// The writer's state: the packer and counters.
+struct Writer<'a> {
+    packer: Packer<'a>,
     bytes_read: u64,
     bytes_new: u64,
-    bytes_stored: u64,
     holes: u64,
-    packs_written: usize,
 }
 
 /// One backup session.
 struct Session<'a> {
     shared: Shared<'a>,
-    w: Writer,
+    w: Writer<'a>,
 }
 
 impl<'a> Session<'a> {
     fn new(repo: &'a Repository, cache: &'a IndexCache) -> Session<'a> {
         // One salt, hence one sealing key, for all packs of this session.
-        let header = FileHeader::new(FileKind::Pack, &repo.keys);
+        let packer = Packer::new(repo);
         Session {
             shared: Shared {
                 repo,
                 cache,
-                sealer: header.sealer(&repo.keys),
+                sealer: packer.sealer().clone(),
                 chunker: Chunker::new(repo.config.chunker, repo.keys.chunker_seed()),
                 claimed: Mutex::new(HashSet::new()),
             },
             w: Writer {
-                header,
-                pack: None,
-                uploads: None,
-                uploaded: None,
-                index: IndexFile::default(),
+                packer,
                 bytes_read: 0,
                 bytes_new: 0,
-                bytes_stored: 0,
                 holes: 0,
-                packs_written: 0,
             },
         }
     }
@@ -346,26 +324,7 @@ impl<'a> Session<'a> {
                 });
             }
             drop(res_tx);
-            // Packs are written (and fsynced) by their own thread, so the pipeline keeps
-            // chunking while the disk flushes; at most two finished packs wait in memory.
-            let (up_tx, up_rx) = sync_channel::<Upload>(1);
-            let (done_tx, done_rx) = std::sync::mpsc::channel();
-            let backend = &sh.repo.backend;
-            scope.spawn(move || {
-                for u in up_rx {
-                    let r = backend.put(&u.name, &u.bytes).map(|()| u.entry);
-                    let failed = r.is_err();
-                    if done_tx.send(r).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-            w.uploads = Some(up_tx);
-            w.uploaded = Some(done_rx);
-            let written = w
-                .take_results(sh, res_rx, &pool_tx, &mut builders, progress)
-                .and_then(|()| w.finish(sh));
-            w.uploads = None; // ends the uploader if finish did not
+            let written = w.take_results(sh, res_rx, &pool_tx, &mut builders, progress);
             drop(pool_tx);
             let read = reader
                 .join()
@@ -377,7 +336,7 @@ impl<'a> Session<'a> {
     }
 }
 
-impl Writer {
+impl Writer<'_> {
     /// The writer: takes results in disk order, stores blobs, builds tables.
     fn take_results(
         &mut self,
@@ -432,84 +391,10 @@ impl Writer {
     }
 
     fn add_blob(&mut self, sh: &Shared, blob: &SealedBlob) -> Result<()> {
-        self.bytes_stored += blob.bytes.len() as u64;
-        let pack_size = sh.repo.config.pack_size as usize;
-        let pack = self
-            .pack
-            .get_or_insert_with(|| PackWriter::new(self.header, pack_size));
-        pack.add(blob);
-        if pack.len() >= pack_size {
-            self.flush_pack(sh)?;
+        if let Some(written) = self.packer.add(blob)? {
+            sh.indexed(&written)?;
         }
         Ok(())
-    }
-
-    fn flush_pack(&mut self, sh: &Shared) -> Result<()> {
-        let Some(pack) = self.pack.take().filter(|p| !p.is_empty()) else {
-            return Ok(());
-        };
-        let (id, bytes, entries) = pack.finish(&sh.repo.keys);
-        let upload = Upload {
-            name: pack_name(&id),
-            bytes,
-            entry: IndexPack {
-                pack: id,
-                salt: self.header.salt,
-                entries,
-            },
-        };
-        let sent = self.uploads.as_ref().map(|u| u.send(upload).is_ok());
-        if sent != Some(true) {
-            // The uploader stopped: its error says why.
-            self.collect_uploaded(true)?;
-            return Err(Error::Other("the pack writer stopped unexpectedly".into()));
-        }
-        self.packs_written += 1;
-        self.collect_uploaded(false)?;
-        if self.index.blob_count() >= INDEX_FLUSH_ENTRIES {
-            self.flush_index(sh)?;
-        }
-        Ok(())
-    }
-
-    /// Moves packs the uploader has made durable into the pending index; with `all`, waits
-    /// until the uploader has finished every pack.
-    fn collect_uploaded(&mut self, all: bool) -> Result<()> {
-        let Some(rx) = &self.uploaded else {
-            return Ok(());
-        };
-        if all {
-            self.uploads = None;
-            for r in rx.iter() {
-                self.index.packs.push(r?);
-            }
-        } else {
-            while let Ok(r) = rx.try_recv() {
-                self.index.packs.push(r?);
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes an index file for packs already durable, then lets the cache answer for them.
-    fn flush_index(&mut self, sh: &Shared) -> Result<()> {
-        if self.index.packs.is_empty() {
-            return Ok(());
-        }
-        let idx = std::mem::take(&mut self.index);
-        let name = sh.repo.write_index(&idx)?;
-        sh.cache.add(&name, &idx)?;
-        let mut claimed = sh.claimed.lock().unwrap_or_else(|e| e.into_inner());
-        for e in idx.packs.iter().flat_map(|p| &p.entries) {
-            claimed.remove(&e.id);
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, sh: &Shared) -> Result<()> {
-        self.flush_pack(sh)?;
-        self.collect_uploaded(true)?;
-        self.flush_index(sh)
     }
 }
 
@@ -554,6 +439,16 @@ impl Shared<'_> {
             holes,
             buf: seg.buf,
         })
+    }
+
+    /// Lets the cache answer for blobs an index file now names; they need no claim.
+    fn indexed(&self, written: &WrittenIndex) -> Result<()> {
+        self.cache.add(&written.name, &written.index)?;
+        let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        for e in written.index.packs.iter().flat_map(|p| &p.entries) {
+            claimed.remove(&e.id);
+        }
+        Ok(())
     }
 
     /// True if this call is the session's first to want `id` stored.

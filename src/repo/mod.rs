@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod index;
 pub mod lock;
 pub mod pack;
+pub mod packer;
 
 use crate::backend::{Backend, LocalBackend};
 use crate::crypto::{random_bytes, KdfParams, Keys};
