@@ -154,7 +154,7 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
     let summary = Summary {
         bytes_read: w.bytes_read,
         bytes_new: w.bytes_new,
-        bytes_stored: bytes_stored,
+        bytes_stored,
         holes: w.holes,
         duration_ms: started.elapsed().as_millis() as u64,
     };
@@ -185,7 +185,7 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         bytes_new: summary.bytes_new,
         bytes_stored: summary.bytes_stored,
         holes_skipped: summary.holes,
-        packs_written: packs_written,
+        packs_written,
         duration_secs: started.elapsed().as_secs_f64(),
     })
 }
