@@ -11,6 +11,8 @@ pub mod chunker;
 pub mod cli;
 pub mod crypto;
 pub mod error;
+pub mod forget;
+pub mod gc;
 pub mod id;
 pub mod image;
 pub mod progress;

@@ -3,7 +3,12 @@
 
 mod backup;
 mod check;
+mod forget;
 mod init;
+mod locks;
+mod policy;
+mod protect;
+mod prune;
 mod restore;
 mod snapshots;
 
@@ -32,6 +37,9 @@ pub struct Cli {
     /// No progress bars.
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+    /// Wait up to this long for a conflicting lock (e.g. 30m) instead of failing at once.
+    #[arg(long, global = true, value_parser = crate::retention::parse_duration)]
+    pub retry_lock: Option<i64>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -48,6 +56,20 @@ pub enum Command {
     Snapshots(snapshots::Args),
     /// Verify the repository (add --read-data to verify every byte).
     Check(check::Args),
+    /// Remove snapshots by retention policy (add --prune to reclaim space).
+    Forget(forget::Args),
+    /// Delete data no snapshot needs; repack mostly unused packs.
+    Prune(prune::Args),
+    /// Protect a snapshot from forget.
+    Protect(protect::Args),
+    /// Remove a snapshot's protection.
+    Unprotect(protect::Args),
+    /// Store retention policies in the repository, for `forget --policy`.
+    Policy(policy::Args),
+    /// List the repository's locks.
+    Locks,
+    /// Remove stale locks (--remove-all: every lock).
+    Unlock(locks::UnlockArgs),
 }
 
 /// Exit codes: 0 success, 1 failure (including problems found by check), 2 bad usage.
@@ -58,6 +80,13 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => restore::run(&cli, a),
         Command::Snapshots(a) => snapshots::run(&cli, a),
         Command::Check(a) => check::run(&cli, a),
+        Command::Forget(a) => forget::run(&cli, a),
+        Command::Prune(a) => prune::run(&cli, a),
+        Command::Protect(a) => protect::run(&cli, a, true),
+        Command::Unprotect(a) => protect::run(&cli, a, false),
+        Command::Policy(a) => policy::run(&cli, a),
+        Command::Locks => locks::list(&cli),
+        Command::Unlock(a) => locks::unlock(&cli, a),
     }
 }
 
@@ -98,7 +127,9 @@ impl Cli {
     }
 
     pub fn open(&self) -> Result<Repository> {
-        Repository::open(&self.repo_path()?, &|| self.password(false))
+        let mut repo = Repository::open(&self.repo_path()?, &|| self.password(false))?;
+        repo.lock_wait = std::time::Duration::from_secs(self.retry_lock.unwrap_or(0).max(0) as u64);
+        Ok(repo)
     }
 
     pub fn print_json<T: serde::Serialize>(&self, v: &T) {

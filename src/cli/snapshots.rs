@@ -18,6 +18,7 @@ struct Row {
     host: String,
     tags: Vec<String>,
     parent: Option<String>,
+    protected: bool,
     disks: Vec<DiskRow>,
     logical_size: u64,
 }
@@ -31,10 +32,12 @@ struct DiskRow {
 
 pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
     let repo = cli.open()?;
+    let protected = crate::forget::protected_ids(&repo)?;
     let rows: Vec<Row> = snapshot::load_all(&repo)?
         .into_iter()
         .filter(|(_, s)| a.vm.as_ref().is_none_or(|v| &s.vm == v))
         .map(|(id, s)| Row {
+            protected: protected.contains(&id),
             id: id.to_hex(),
             short_id: id.short(),
             logical_size: s.logical_size(),
@@ -59,13 +62,13 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<8}  {:<12}  {:<29}  {:<12}  {:<12}  {:>5}  {:>10}",
+        "{:<9} {:<12}  {:<29}  {:<12}  {:<12}  {:>5}  {:>10}",
         "ID", "VM", "TIME", "HOST", "TAGS", "DISKS", "SIZE"
     );
     for r in &rows {
         println!(
-            "{:<8}  {:<12}  {:<29}  {:<12}  {:<12}  {:>5}  {:>10}",
-            r.short_id,
+            "{:<9} {:<12}  {:<29}  {:<12}  {:<12}  {:>5}  {:>10}",
+            format!("{}{}", r.short_id, if r.protected { "*" } else { "" }),
             r.vm,
             r.time,
             r.host,
@@ -74,6 +77,6 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
             human(r.logical_size)
         );
     }
-    println!("{} snapshots", rows.len());
+    println!("{} snapshots (* protected)", rows.len());
     Ok(0)
 }

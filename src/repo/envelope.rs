@@ -16,6 +16,7 @@ pub enum FileKind {
     Pack,
     Index,
     Snapshot,
+    Policies,
 }
 
 impl FileKind {
@@ -24,6 +25,7 @@ impl FileKind {
             FileKind::Pack => b"CRNP",
             FileKind::Index => b"CRNI",
             FileKind::Snapshot => b"CRNS",
+            FileKind::Policies => b"CRNL",
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::backend::Backend;
 use crate::crypto::random_bytes;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,9 +96,31 @@ pub struct Lock {
     stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
     refresher: Option<std::thread::JoinHandle<()>>,
     lost: Arc<AtomicBool>,
+    /// Unix seconds of the last successful write of our lock file.
+    refreshed: Arc<AtomicI64>,
 }
 
 impl Lock {
+    /// Takes a lock, retrying for up to `wait` while a conflicting one is held (what a
+    /// scheduled prune wants while the night's backups finish).
+    pub fn acquire_waiting(
+        backend: Arc<dyn Backend>,
+        kind: LockKind,
+        command: &str,
+        wait: Duration,
+    ) -> Result<Lock> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Lock::acquire(backend.clone(), kind, command) {
+                Err(Error::Locked(msg)) if std::time::Instant::now() < deadline => {
+                    let _ = msg;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub fn acquire(backend: Arc<dyn Backend>, kind: LockKind, command: &str) -> Result<Lock> {
         let mut info = LockInfo {
             kind,
@@ -130,9 +152,11 @@ impl Lock {
         }
         let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let lost = Arc::new(AtomicBool::new(false));
+        let refreshed = Arc::new(AtomicI64::new(info.refreshed));
         let refresher = {
             let (stop, lost, backend, name) =
                 (stop.clone(), lost.clone(), backend.clone(), name.clone());
+            let refreshed = refreshed.clone();
             std::thread::spawn(move || loop {
                 let (m, cv) = &*stop;
                 let guard = m.lock().unwrap_or_else(|e| e.into_inner());
@@ -145,8 +169,9 @@ impl Lock {
                 drop(guard);
                 info.refreshed = now();
                 let body = serde_json::to_vec(&info).expect("lock serializes");
-                if backend.put(&name, &body).is_err() {
-                    lost.store(true, Ordering::SeqCst);
+                match backend.put(&name, &body) {
+                    Ok(()) => refreshed.store(info.refreshed, Ordering::SeqCst),
+                    Err(_) => lost.store(true, Ordering::SeqCst),
                 }
             })
         };
@@ -156,12 +181,23 @@ impl Lock {
             stop,
             refresher: Some(refresher),
             lost,
+            refreshed,
         })
     }
 
     /// Fails if the lock file could not be refreshed (the repository went away, or someone
     /// removed our lock): the caller must not write a snapshot then.
+    /// Also fails if our lock went unrefreshed long enough that others may have taken it for
+    /// stale (the process was suspended, the NAS hung): prune may have run meanwhile.
     pub fn check(&self) -> Result<()> {
+        let silent = now() - self.refreshed.load(Ordering::SeqCst);
+        if silent > (STALE_AFTER.as_secs() / 2) as i64 {
+            return Err(Error::Locked(format!(
+                "our lock {} was not refreshed for {silent}s, so another host may have treated it as \
+                 stale; nothing was committed, run the command again",
+                self.name
+            )));
+        }
         if self.lost.load(Ordering::SeqCst) || self.backend.size(&self.name)?.is_none() {
             return Err(Error::Locked(format!(
                 "our lock {} was lost (removed by `cairn unlock`, or the repository became unreachable); \

@@ -62,6 +62,8 @@ pub struct Repository {
     pub keys: Keys,
     pub path: PathBuf,
     cache_root: PathBuf,
+    /// How long to wait for a conflicting lock before failing (`--retry-lock`).
+    pub lock_wait: std::time::Duration,
 }
 
 /// `$CAIRN_CACHE_DIR`, else `$XDG_CACHE_HOME/cairn`, else `~/.cache/cairn`.
@@ -128,6 +130,7 @@ impl Repository {
             keys,
             path: path.to_path_buf(),
             cache_root: default_cache_root(),
+            lock_wait: std::time::Duration::ZERO,
         })
     }
 
@@ -177,6 +180,7 @@ impl Repository {
             keys,
             path: path.to_path_buf(),
             cache_root: default_cache_root(),
+            lock_wait: std::time::Duration::ZERO,
         })
     }
 
@@ -185,6 +189,7 @@ impl Repository {
             FileKind::Pack => "data",
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshots",
+            FileKind::Policies => "",
         }
     }
 
@@ -227,7 +232,7 @@ impl Repository {
     }
 
     pub fn lock(&self, kind: LockKind, command: &str) -> Result<Lock> {
-        Lock::acquire(self.backend.clone(), kind, command)
+        Lock::acquire_waiting(self.backend.clone(), kind, command, self.lock_wait)
     }
 }
 

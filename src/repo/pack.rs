@@ -112,6 +112,31 @@ pub fn open_blob(
     Ok(plain)
 }
 
+/// Moves a blob into another session's pack: opens and verifies it under the old key, then
+/// seals the same payload (still compressed) under the new one. Used by prune's repacking.
+pub fn reseal_blob(
+    keys: &Keys,
+    old: &Sealer,
+    new: &Sealer,
+    entry: &PackEntry,
+    stored: &[u8],
+    pack: &Id,
+) -> Result<SealedBlob> {
+    let what = || format!("blob {} in pack {}", entry.id.short(), pack_name(pack));
+    let aad = blob_aad(entry.kind, &entry.id);
+    let payload = old.open(stored, &aad, &what)?;
+    let plain = envelope::decompress(&payload, entry.raw_len as usize, &what)?;
+    if keys.chunk_id(&plain) != entry.id {
+        return Err(Error::corrupt(what(), "content does not match its id"));
+    }
+    Ok(SealedBlob {
+        kind: entry.kind,
+        id: entry.id,
+        raw_len: entry.raw_len,
+        bytes: new.seal(&payload, &aad),
+    })
+}
+
 /// The backend name of a pack: `data/<first two hex digits>/<hex id>`.
 pub fn pack_name(id: &Id) -> String {
     let h = id.to_hex();

@@ -1,0 +1,257 @@
+//! `prune`: delete what no snapshot needs, repack what is mostly garbage.
+//!
+//! 1. **Mark**: every table and chunk reachable from every snapshot. A snapshot that cannot
+//!    be read, or a blob the index lacks, stops prune: it cannot know what is garbage then.
+//! 2. **Plan**: walk the index files; of each needed blob one copy is kept (the first met).
+//!    A pack with nothing kept is deleted; one whose unused share exceeds `max_unused` is
+//!    repacked; the rest stay as they are. Packs no index names (left by interrupted
+//!    backups) are deleted.
+//! 3. **Repack**: the kept blobs of those packs are verified and resealed into new packs.
+//! 4. **Index**: new index files naming exactly the kept blobs are written.
+//! 5. **Delete**: only now the old index files, then the old packs.
+//!
+//! The order makes a crash harmless at any instant: until step 5 every old file is still
+//! there, and after the old index files are gone no index names a pack being deleted.
+//! Prune holds the exclusive lock: backups (shared lock) wait or fail while it runs, so no
+//! backup can reuse a blob that prune is deleting.
+
+use crate::repo::index::{IndexFile, IndexPack};
+use crate::repo::lock::LockKind;
+use crate::repo::pack::{pack_name, parse_pack, reseal_blob, PackEntry};
+use crate::repo::packer::{Packer, INDEX_FLUSH_ENTRIES};
+use crate::repo::Repository;
+use crate::restore::load_table;
+use crate::{snapshot, Error, Id, Result};
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+pub struct PruneOptions {
+    /// Repack a pack when more than this share (0–1) of its bytes is unused.
+    pub max_unused: f64,
+    pub dry_run: bool,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub snapshots: usize,
+    pub blobs_used: usize,
+    pub packs_before: usize,
+    pub packs_deleted: usize,
+    pub packs_repacked: usize,
+    pub packs_unreferenced: usize,
+    pub packs_written: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub bytes_freed: i64,
+    pub index_files_deleted: usize,
+    pub index_files_written: usize,
+    pub duration_secs: f64,
+}
+
+/// What prune does with one pack.
+#[derive(Default)]
+struct PackPlan {
+    salt: [u8; 32],
+    keep: Vec<PackEntry>,
+    used_bytes: u64,
+    total_bytes: u64,
+}
+
+/// A named point where tests kill prune with SIGKILL (`CAIRN_CRASH_AT=<point>`), to prove
+/// that a crash there leaves a sound repository. Costs one env lookup per point.
+fn crash_point(name: &str) {
+    if std::env::var("CAIRN_CRASH_AT").is_ok_and(|v| v == name) {
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let started = Instant::now();
+    let _lock = repo.lock(LockKind::Exclusive, "prune")?;
+    let mut rep = PruneReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+
+    // 1. Mark.
+    let cache = repo.index_cache()?;
+    let reader = cache.reader()?;
+    let mut used: HashSet<Id> = HashSet::new();
+    let snapshots = snapshot::load_all(repo)?;
+    rep.snapshots = snapshots.len();
+    for (sid, snap) in &snapshots {
+        for disk in &snap.disks {
+            for tid in disk.tables.iter().flatten() {
+                if !used.insert(*tid) {
+                    continue; // an unchanged span: its chunks are marked already
+                }
+                let table = load_table(repo, &reader, tid).map_err(|e| {
+                    Error::Other(format!(
+                        "snapshot {} (VM {}) disk {}: {e}; prune stops, since it cannot tell what \
+                         is unused. Run `cairn check`",
+                        sid.short(),
+                        snap.vm,
+                        disk.name
+                    ))
+                })?;
+                for cid in table.extents.iter().filter_map(|e| e.id) {
+                    if used.insert(cid) && !reader.contains(&cid)? {
+                        return Err(Error::Other(format!(
+                            "snapshot {} (VM {}) needs chunk {}, which no index names; prune stops. \
+                             Run `cairn check`",
+                            sid.short(),
+                            snap.vm,
+                            cid.short()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    rep.blobs_used = used.len();
+    drop(reader);
+    drop(cache);
+
+    // 2. Plan.
+    let on_disk: HashMap<Id, u64> = {
+        let mut m = HashMap::new();
+        for name in repo.backend.list("data")? {
+            if let Some(id) = name.rsplit('/').next().and_then(Id::from_hex) {
+                m.insert(id, repo.backend.size(&name)?.unwrap_or(0));
+            }
+        }
+        m
+    };
+    rep.packs_before = on_disk.len();
+    rep.bytes_before = on_disk.values().sum();
+    let old_index = repo.backend.list("index")?;
+    let mut plans: HashMap<Id, PackPlan> = HashMap::new();
+    let mut unplaced = used;
+    for name in &old_index {
+        for p in repo.read_index(name)?.packs {
+            let plan = plans.entry(p.pack).or_default();
+            plan.salt = p.salt;
+            for e in p.entries {
+                plan.total_bytes += e.length as u64;
+                if unplaced.remove(&e.id) {
+                    plan.used_bytes += e.length as u64;
+                    plan.keep.push(e);
+                }
+            }
+        }
+    }
+    if let Some(id) = unplaced.iter().next() {
+        return Err(Error::Other(format!(
+            "{} needed blobs (e.g. {}) vanished from the index while prune read it; nothing was deleted",
+            unplaced.len(),
+            id.short()
+        )));
+    }
+    let mut delete: Vec<Id> = Vec::new();
+    let mut repack: Vec<Id> = Vec::new();
+    let mut keep: Vec<Id> = Vec::new();
+    for (id, plan) in &plans {
+        let unused = 1.0 - plan.used_bytes as f64 / plan.total_bytes.max(1) as f64;
+        if plan.keep.is_empty() {
+            delete.push(*id);
+        } else if !on_disk.contains_key(id) {
+            return Err(Error::Other(format!(
+                "pack {} holds needed blobs but is missing; prune stops. Run `cairn check`",
+                pack_name(id)
+            )));
+        } else if unused > opts.max_unused {
+            repack.push(*id);
+        } else {
+            keep.push(*id);
+        }
+    }
+    let unreferenced: Vec<Id> = on_disk
+        .keys()
+        .filter(|p| !plans.contains_key(p))
+        .copied()
+        .collect();
+    rep.packs_deleted = delete.len();
+    rep.packs_repacked = repack.len();
+    rep.packs_unreferenced = unreferenced.len();
+    let kept_bytes: u64 = keep.iter().map(|p| on_disk[p]).sum();
+    let repacked_bytes: u64 = repack.iter().map(|p| plans[p].used_bytes).sum();
+    if opts.dry_run {
+        rep.bytes_after = kept_bytes + repacked_bytes;
+        rep.bytes_freed = rep.bytes_before as i64 - rep.bytes_after as i64;
+        rep.duration_secs = started.elapsed().as_secs_f64();
+        return Ok(rep);
+    }
+
+    // 3. Repack.
+    let mut written_index = Vec::new();
+    let bar = crate::progress::bytes_bar(repacked_bytes, "repack", opts.quiet);
+    let mut packer = Packer::new(repo);
+    repack.sort();
+    for (n, pack) in repack.iter().enumerate() {
+        let bytes = repo.backend.get(&pack_name(pack))?;
+        let contents = parse_pack(&repo.keys, pack, &bytes)?;
+        let old = contents.header.sealer(&repo.keys);
+        for e in &plans[pack].keep {
+            let stored = &bytes[e.offset as usize..e.offset as usize + e.length as usize];
+            let blob = reseal_blob(&repo.keys, &old, packer.sealer(), e, stored, pack)?;
+            if let Some(w) = packer.add(&blob)? {
+                written_index.push(w.name);
+            }
+            bar.inc(e.length as u64);
+        }
+        if n == 0 {
+            crash_point("repack");
+        }
+    }
+    if let Some(w) = packer.finish()? {
+        written_index.push(w.name);
+    }
+    rep.packs_written = packer.packs_written;
+    drop(packer);
+    bar.finish_and_clear();
+
+    // 4. Index for the packs that stay as they are.
+    keep.sort();
+    let mut idx = IndexFile::default();
+    for pack in &keep {
+        let plan = &plans[pack];
+        idx.packs.push(IndexPack {
+            pack: *pack,
+            salt: plan.salt,
+            entries: plan.keep.clone(),
+        });
+        if idx.blob_count() >= INDEX_FLUSH_ENTRIES {
+            written_index.push(repo.write_index(&std::mem::take(&mut idx))?);
+        }
+    }
+    if !idx.packs.is_empty() {
+        written_index.push(repo.write_index(&idx)?);
+    }
+    rep.index_files_written = written_index.len();
+    crash_point("index");
+
+    // 5. Delete: old index files first, then packs.
+    let fresh: HashSet<&String> = written_index.iter().collect();
+    for name in old_index.iter().filter(|n| !fresh.contains(n)) {
+        repo.backend.delete(name)?;
+        rep.index_files_deleted += 1;
+    }
+    let doomed: Vec<&Id> = delete.iter().chain(&repack).chain(&unreferenced).collect();
+    for (n, pack) in doomed.iter().enumerate() {
+        repo.backend.delete(&pack_name(pack))?;
+        if n == doomed.len() / 2 {
+            crash_point("delete");
+        }
+    }
+    rep.bytes_after = repo
+        .backend
+        .list("data")?
+        .iter()
+        .map(|n| repo.backend.size(n).ok().flatten().unwrap_or(0))
+        .sum();
+    rep.bytes_freed = rep.bytes_before as i64 - rep.bytes_after as i64;
+    rep.duration_secs = started.elapsed().as_secs_f64();
+    Ok(rep)
+}

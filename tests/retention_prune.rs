@@ -1,0 +1,321 @@
+//! Retention and prune on real repositories: the kept set is exactly the policy's, space
+//! comes back, every kept snapshot restores bit for bit, a prune killed at any step leaves a
+//! sound repository, and prune never pulls chunks from under a running backup.
+
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Overwrites `len` bytes at `off` with fresh random data, as a guest writing new data.
+fn scribble(img: &Path, off: u64, len: usize, seed: u64) {
+    let mut buf = vec![0u8; len];
+    noise(&mut buf, seed);
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &buf, off).unwrap();
+}
+
+/// Days after Monday 2026-09-07 of each VM's backups (6 weeks; weeks start on day 0, 7, …).
+const HISTORY: [(&str, [i64; 6]); 2] = [
+    ("vm-a", [1, 9, 16, 37, 38, 40]),
+    ("vm-b", [2, 5, 12, 20, 27, 41]),
+];
+
+/// Backs up both VMs' changing images on the HISTORY schedule; returns snapshot id → sha256
+/// of the image it captured, and the snapshot ids per VM in time order.
+fn six_weeks(
+    env: &Env,
+) -> (
+    BTreeMap<String, String>,
+    BTreeMap<&'static str, Vec<String>>,
+) {
+    env.init(&[]);
+    let mut sums = BTreeMap::new();
+    let mut ids: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (v, (vm, days)) in HISTORY.iter().enumerate() {
+        let img = env.path(&format!("{vm}.img"));
+        make_random_image(&img, 96 << 20, 48 << 20, 100 + v as u64);
+        for (g, day) in days.iter().enumerate() {
+            scribble(
+                &img,
+                (g as u64 * 7 % 40) << 20,
+                6 << 20,
+                1000 * v as u64 + g as u64,
+            );
+            let t = chrono::DateTime::parse_from_rfc3339("2026-09-07T02:00:00+02:00").unwrap()
+                + chrono::Duration::days(*day);
+            let r = env.backup(vm, &[&img], &["--time", &t.to_rfc3339()]);
+            let id = r["snapshot"].as_str().unwrap().to_string();
+            sums.insert(id.clone(), sha256(&img));
+            ids.entry(vm).or_default().push(id);
+        }
+    }
+    (sums, ids)
+}
+
+fn data_bytes(env: &Env) -> u64 {
+    env.packs()
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+fn snapshot_ids(env: &Env) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Restores every snapshot still in the repository and compares it with its image.
+fn restore_all(env: &Env, sums: &BTreeMap<String, String>) {
+    for id in snapshot_ids(env) {
+        let out = env.path(&format!("r-{}", &id[..8]));
+        let _ = std::fs::remove_dir_all(&out);
+        let o = env.ok(&["restore", &id, "--target", out.to_str().unwrap(), "--json"]);
+        let r: serde_json::Value = serde_json::from_str(&o).unwrap();
+        let file = r["disks"][0]["path"].as_str().unwrap();
+        assert_eq!(
+            &sha256(Path::new(file)),
+            &sums[&id],
+            "snapshot {id} restored wrong bytes"
+        );
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+#[test]
+fn forget_daily_weekly_then_prune_keeps_exactly_the_policy() {
+    let env = Env::new();
+    let (sums, ids) = six_weeks(&env);
+    let before = data_bytes(&env);
+    // Expected by hand from HISTORY: keep-daily 3 keeps each VM's three newest days;
+    // keep-weekly 2 adds the newest of the second-newest ISO week that has a snapshot
+    // (vm-a: day 16, week 3; vm-b: day 27, week 4, already kept as a daily).
+    let expect: Vec<&String> = [&ids["vm-a"][2..], &ids["vm-b"][3..]]
+        .concat()
+        .into_iter()
+        .collect();
+    let dry: serde_json::Value = serde_json::from_str(&env.ok(&[
+        "forget",
+        "--keep-daily",
+        "3",
+        "--keep-weekly",
+        "2",
+        "--dry-run",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(dry["forget"]["removed"], 5);
+    assert_eq!(snapshot_ids(&env).len(), 12, "a dry run removed something");
+    let a = &dry["forget"]["groups"][0];
+    assert_eq!(a["group"], "vm-a");
+    assert_eq!(a["keep"][0]["reasons"], serde_json::json!(["weekly"]));
+    assert_eq!(
+        a["keep"][3]["reasons"],
+        serde_json::json!(["daily", "weekly"])
+    );
+
+    let out: serde_json::Value = serde_json::from_str(&env.ok(&[
+        "forget",
+        "--keep-daily",
+        "3",
+        "--keep-weekly",
+        "2",
+        "--prune",
+        "--json",
+    ]))
+    .unwrap();
+    let mut kept = snapshot_ids(&env);
+    kept.sort();
+    let mut want: Vec<String> = expect.into_iter().cloned().collect();
+    want.sort();
+    assert_eq!(kept, want);
+    let after = data_bytes(&env);
+    assert!(
+        after < before * 85 / 100,
+        "prune freed too little: {before} -> {after}: {out}"
+    );
+    assert!(out["prune"]["bytes_freed"].as_i64().unwrap() > 0);
+    let check = env.ok(&["check", "--read-data"]);
+    assert!(check.contains("no problems found"), "{check}");
+    restore_all(&env, &sums);
+    // Applying the policy again removes nothing more.
+    let again: serde_json::Value = serde_json::from_str(&env.ok(&[
+        "forget",
+        "--keep-daily",
+        "3",
+        "--keep-weekly",
+        "2",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(again["forget"]["removed"], 0);
+}
+
+#[test]
+fn protected_snapshots_and_stored_policies() {
+    let env = Env::new();
+    let (_, ids) = six_weeks(&env);
+    let oldest_a = &ids["vm-a"][0];
+    env.ok(&["protect", &oldest_a[..8]]);
+    env.ok(&["policy", "set", "--vm", "vm-a", "--keep-last", "1"]);
+    env.ok(&["policy", "set", "--vm", "vm-*", "--keep-last", "2"]);
+    let show = env.ok(&["policy", "show"]);
+    assert!(show.contains("vm-a") && show.contains("vm-*"), "{show}");
+    let r: serde_json::Value =
+        serde_json::from_str(&env.ok(&["forget", "--policy", "--prune", "--json"])).unwrap();
+    let left = snapshot_ids(&env);
+    // vm-a: keep-last 1 plus the protected oldest; vm-b: the first matching pattern, last 2.
+    assert_eq!(left.len(), 4, "{r}");
+    assert!(left.contains(oldest_a));
+    assert!(
+        left.contains(&ids["vm-a"][5])
+            && left.contains(&ids["vm-b"][4])
+            && left.contains(&ids["vm-b"][5])
+    );
+    let list = env.ok(&["snapshots"]);
+    assert!(list.contains(&format!("{}*", &oldest_a[..8])), "{list}");
+    env.ok(&["unprotect", &oldest_a[..8]]);
+    env.ok(&["forget", "--policy"]);
+    assert_eq!(snapshot_ids(&env).len(), 3);
+    let o = env.run(&["forget"]);
+    assert_eq!(o.status.code(), Some(2), "forget without rules must refuse");
+    env.ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn prune_killed_at_each_step_leaves_a_sound_repository() {
+    for point in ["repack", "index", "delete"] {
+        let env = Env::new();
+        let (sums, _) = six_weeks(&env);
+        env.ok(&["forget", "--keep-daily", "3", "--keep-weekly", "2"]);
+        let o = env
+            .cmd(&["prune"])
+            .env("CAIRN_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.signal(),
+            Some(9),
+            "prune did not reach point {point}: {o:?}"
+        );
+        let check = env.ok(&["check", "--read-data"]);
+        assert!(
+            check.contains("no problems found"),
+            "after a crash at {point}: {check}"
+        );
+        restore_all(&env, &sums);
+        // The next prune (the dead one's lock is stale) finishes the job.
+        env.ok(&["prune"]);
+        env.ok(&["check", "--read-data"]);
+        restore_all(&env, &sums);
+    }
+}
+
+#[test]
+fn prune_during_a_running_backup_never_removes_its_chunks() {
+    let env = Env::new();
+    let (sums, _) = six_weeks(&env);
+    env.ok(&["forget", "--keep-last", "1"]);
+    let big = env.path("big.img");
+    make_random_image(&big, 2 << 30, 1536 << 20, 77);
+    // The new image shares data with the old snapshots that forget just released.
+    let old = env.path("vm-a.img");
+    let shared = std::fs::read(&old).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::File::options().write(true).open(&big).unwrap(),
+        &shared,
+        0,
+    )
+    .unwrap();
+    let want = sha256(&big);
+
+    let packs_before = env.packs().len();
+    let mut backup = env
+        .cmd(&["backup", "--vm", "big", "--json", big.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.packs().len() <= packs_before {
+        assert!(Instant::now() < deadline, "the backup wrote no pack");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A prune now is refused, naming the backup that holds the repository.
+    let o = env.run(&["prune"]);
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("backup --vm big") && e.contains("pid"), "{e}");
+    // A scheduled prune waits for it instead.
+    let waiting = env
+        .cmd(&["prune", "--retry-lock", "5m"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(backup.wait().unwrap().success());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(backup.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let o = waiting.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.ok(&["check", "--read-data"]);
+    let out = env.path("out");
+    env.ok(&["restore", "big:latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(sha256(&out.join("big.img")), want);
+    std::fs::remove_dir_all(&out).unwrap();
+    let _ = sums;
+}
+
+#[test]
+fn stale_and_live_locks_of_other_processes() {
+    let env = Env::new();
+    env.init(&[]);
+    let img = env.path("d.img");
+    make_random_image(&img, 16 << 20, 8 << 20, 1);
+    let now = chrono::Utc::now().timestamp();
+    let lock = |host: &str, pid: u32, refreshed: i64| {
+        serde_json::json!({"kind": "exclusive", "host": host, "pid": pid, "command": "prune",
+                           "created": refreshed, "refreshed": refreshed})
+        .to_string()
+    };
+    std::fs::create_dir_all(env.repo.join("locks")).unwrap();
+    // A live prune on another proxy: backups are refused with its host, pid and age.
+    std::fs::write(env.repo.join("locks/aaaa"), lock("proxy-b", 4242, now)).unwrap();
+    let o = env.run(&["backup", "--vm", "x", img.to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        e.contains("host proxy-b") && e.contains("pid 4242") && e.contains("cairn unlock"),
+        "{e}"
+    );
+    // Forty minutes without a refresh: stale, reported, ignored, removed by unlock.
+    std::fs::write(
+        env.repo.join("locks/aaaa"),
+        lock("proxy-b", 4242, now - 40 * 60),
+    )
+    .unwrap();
+    // A lock of a process on this host that has exited: stale too.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let host = String::from_utf8(
+        std::process::Command::new("hostname")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    std::fs::write(env.repo.join("locks/bbbb"), lock(host.trim(), dead, now)).unwrap();
+    let listing = env.ok(&["locks"]);
+    assert_eq!(listing.matches("STALE").count(), 2, "{listing}");
+    env.backup("x", &[&img], &[]);
+    assert!(env.ok(&["unlock"]).contains("removed 2 locks"));
+    assert!(env.ok(&["locks"]).contains("0 locks"));
+}
