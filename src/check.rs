@@ -63,7 +63,10 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
                         .unwrap_or(0);
                     let m = indexed.entry(p.pack).or_default();
                     *m = (*m).max(end);
-                    *pack_blobs.entry(p.pack).or_default() += p.entries.len();
+                    // A pack's entries come in one piece per index file; after an
+                    // interrupted prune two index files may name the same pack.
+                    let n = pack_blobs.entry(p.pack).or_default();
+                    *n = (*n).max(p.entries.len());
                     match on_disk.get(&p.pack) {
                         None => rep.problems.push(format!(
                             "pack {} is missing (named by {name})",

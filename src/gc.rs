@@ -55,6 +55,8 @@ pub struct PruneReport {
 struct PackPlan {
     salt: [u8; 32],
     keep: Vec<PackEntry>,
+    /// Offsets of the entries already counted, so each blob counts once.
+    seen: HashSet<u32>,
     used_bytes: u64,
     total_bytes: u64,
 }
@@ -134,6 +136,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             let plan = plans.entry(p.pack).or_default();
             plan.salt = p.salt;
             for e in p.entries {
+                // An interrupted prune leaves two index files naming the same blob.
+                if !plan.seen.insert(e.offset) {
+                    continue;
+                }
                 plan.total_bytes += e.length as u64;
                 if unplaced.remove(&e.id) {
                     plan.used_bytes += e.length as u64;

@@ -37,7 +37,7 @@ fn six_weeks(
     let mut ids: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (v, (vm, days)) in HISTORY.iter().enumerate() {
         let img = env.path(&format!("{vm}.img"));
-        make_random_image(&img, 96 << 20, 48 << 20, 100 + v as u64);
+        make_random_image(&img, 96 << 20, 48 << 20, 100 * (v as u64 + 1));
         for (g, day) in days.iter().enumerate() {
             scribble(
                 &img,
@@ -97,10 +97,7 @@ fn forget_daily_weekly_then_prune_keeps_exactly_the_policy() {
     // Expected by hand from HISTORY: keep-daily 3 keeps each VM's three newest days;
     // keep-weekly 2 adds the newest of the second-newest ISO week that has a snapshot
     // (vm-a: day 16, week 3; vm-b: day 27, week 4, already kept as a daily).
-    let expect: Vec<&String> = [&ids["vm-a"][2..], &ids["vm-b"][3..]]
-        .concat()
-        .into_iter()
-        .collect();
+    let expect: Vec<String> = [&ids["vm-a"][2..], &ids["vm-b"][3..]].concat();
     let dry: serde_json::Value = serde_json::from_str(&env.ok(&[
         "forget",
         "--keep-daily",
@@ -133,7 +130,7 @@ fn forget_daily_weekly_then_prune_keeps_exactly_the_policy() {
     .unwrap();
     let mut kept = snapshot_ids(&env);
     kept.sort();
-    let mut want: Vec<String> = expect.into_iter().cloned().collect();
+    let mut want: Vec<String> = expect;
     want.sort();
     assert_eq!(kept, want);
     let after = data_bytes(&env);
