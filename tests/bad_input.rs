@@ -130,16 +130,16 @@ fn truncated_pack_fails_check_and_restore() {
 fn unknown_image_format_is_refused() {
     let env = Env::new();
     env.init(&[]);
-    let q = env.path("disk.qcow2");
+    let q = env.path("disk.qed");
     sh(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "64M"],
+        &["create", "-q", "-f", "qed", q.to_str().unwrap(), "64M"],
     );
     let o = env.run(&["backup", "--vm", "x", q.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(
-        e.contains("disk.qcow2 is a qcow2 image") && e.contains("qemu-img convert"),
+        e.contains("disk.qed is a QED image") && e.contains("qemu-img convert"),
         "{e}"
     );
     let o = env.run(&[

@@ -284,3 +284,48 @@ pub fn run_measured(mut cmd: Command) -> (std::process::ExitStatus, u64, String)
         out,
     )
 }
+
+/// Runs qemu-img with `args`, asserting success.
+pub fn qemu_img(args: &[&str]) {
+    sh("qemu-img", args);
+}
+
+/// A sparse raw image of `size` bytes (at least 64 MiB) whose content is what format
+/// readers must get right: random regions (some starting and ending mid-cluster), a
+/// region of one repeated byte, a region written as zeros, holes, and random data up to
+/// the last byte.
+pub fn make_mixed_image(img: &Path, size: u64, seed: u64) {
+    use std::os::unix::fs::FileExt;
+    assert!(size >= 64 << 20);
+    let f = std::fs::File::create(img).unwrap();
+    f.set_len(size).unwrap();
+    let regions: [(u64, u64); 5] = [
+        (0, 3 << 20),
+        ((10 << 20) + 4096, 5 << 20),
+        ((40 << 20) + 12345, (1 << 20) + 777),
+        ((52 << 20) + 512, 300 << 10),
+        (size - (1 << 20) + 512, (1 << 20) - 512),
+    ];
+    for (i, (off, len)) in regions.iter().enumerate() {
+        let mut buf = vec![0u8; *len as usize];
+        noise(&mut buf, seed * 100 + i as u64);
+        f.write_all_at(&buf, *off).unwrap();
+    }
+    f.write_all_at(&vec![0xab; 2 << 20], 30 << 20).unwrap();
+    f.write_all_at(&vec![0; 1 << 20], 20 << 20).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// `qemu-img convert -f FMT -O raw SRC DST`: the guest's view of an image as qemu reads
+/// it, the reference every reader is compared with.
+pub fn qemu_raw(fmt: &str, src: &Path, dst: &Path) {
+    qemu_img(&[
+        "convert",
+        "-f",
+        fmt,
+        "-O",
+        "raw",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+    ]);
+}
