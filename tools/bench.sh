@@ -4,6 +4,7 @@
 #   tools/bench.sh [--size-gib 4] [--workdir /tmp/cairn-bench] [--out results.md]
 #                  [--tools cairn,restic,borg] [--seed 1] [--no-build]
 #                  [--cairn-bin PATH] [--keep] [--scattered-writes N]
+#                  [--quiet-wait SECS] [--retries N]
 #
 # Phases:
 #   1. cargo build --release (binary ${CARGO_TARGET_DIR:-target}/release/cairn)
@@ -28,6 +29,14 @@
 #      logical data (apparent image size / wall) and `du -sb` of the repository.
 #   5. markdown table to --out (commands first) and to stdout.
 #
+# Other processes: before each tool's sequence (and the machine limits) the
+# script waits up to --quiet-wait seconds (default 600) for the machine to be
+# idle (other processes < 10% of one core over 3 s).  Every step records "other
+# CPU s" (whole-machine busy CPU from /proc/stat minus the step's own); if any
+# step of a tool had other CPU > 0.5 s + 15% of its wall time, that tool's whole
+# sequence is re-run in a fresh repository, up to --retries times (default 2);
+# the table shows the last attempt and the number of attempts.
+#
 # The page cache is NOT dropped (needs root + affects the whole machine); instead
 # the image is read once with `cat` before every backup step so every tool
 # starts warm.  The workdir is wiped at start (only if it is empty or was made
@@ -45,9 +54,11 @@ SEED=1
 BUILD=1
 CAIRN_BIN=
 KEEP=0
+QUIET_WAIT=600
+RETRIES=2
 SCATTERED=
 
-usage() { sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,43p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case $1 in
         --size-gib) SIZE_GIB=$2; shift 2 ;;
@@ -58,6 +69,8 @@ while [[ $# -gt 0 ]]; do
         --no-build) BUILD=0; shift ;;
         --cairn-bin) CAIRN_BIN=$2; BUILD=0; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --quiet-wait) QUIET_WAIT=$2; shift 2 ;;
+        --retries) RETRIES=$2; shift 2 ;;
         --scattered-writes) SCATTERED=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "bench: unknown argument $1" >&2; usage 2 ;;
@@ -96,8 +109,8 @@ fi
 mkdir -p "$WORKDIR"/{img,data,repo,cache,logs,restore,tmp}
 touch "$WORKDIR/.cairn-bench"
 LOGS=$WORKDIR/logs
-ROWS=$WORKDIR/rows.tsv          # tool step wall cpu rss_kib mbps repo_bytes note
-LIMITS=$WORKDIR/limits.tsv      # cmd wall cpu rss_kib mbps
+ROWS=$WORKDIR/rows.tsv          # tool step wall cpu rss_kib mbps repo_bytes note other_cpu
+LIMITS=$WORKDIR/limits.tsv      # cmd wall cpu rss_kib mbps other_cpu
 CMDS=$WORKDIR/commands.txt
 : >"$ROWS"; : >"$LIMITS"; : >"$CMDS"
 
@@ -130,6 +143,32 @@ run() {
     fi
 }
 
+# Busy CPU seconds of the whole machine (user+nice+system+irq+softirq+steal from
+# /proc/stat); the difference over a step minus the step's own user+sys CPU is
+# "other CPU": work by other processes during the step (0 on a quiet machine).
+HZ=$(getconf CLK_TCK)
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+
+# wait_quiet: wait until other processes use < 10% of one core over 3 s (at
+# most QUIET_WAIT seconds)
+wait_quiet() {
+    local t0=$SECONDS b0 b1
+    while (( QUIET_WAIT > 0 )); do
+        b0=$(busy_ticks); sleep 3; b1=$(busy_ticks)
+        (( (b1 - b0) * 100 < 3 * HZ * 10 )) && break
+        if (( SECONDS - t0 >= QUIET_WAIT )); then
+            info "machine still busy after ${QUIET_WAIT}s; going on (see the other CPU column)"
+            break
+        fi
+    done
+    if (( SECONDS - t0 > 4 )); then info "waited $((SECONDS - t0))s for an idle machine"; fi
+    return 0
+}
+# contaminated_since N: true if a row after line N had other CPU > 0.5 s + 15% of wall
+contaminated_since() {
+    awk -F'\t' -v n="$1" 'NR > n && $9 > 0.5 + 0.15 * $3 {bad = 1} END {exit !bad}' "$ROWS"
+}
+
 # measure NAME TOOL STEP NOTE_FN -- CMD...   (run CMD under GNU time, record a row)
 # the command's output goes to logs/NAME.out/.err
 LAST_WALL=0
@@ -142,28 +181,31 @@ measure() {
     else
         logcmd "$@"
     fi
-    local tf=$LOGS/$name.time
+    local tf=$LOGS/$name.time b0 b1
+    b0=$(busy_ticks)
     if ! /usr/bin/time -f '%e %U %S %M' -o "$tf" -- "$@" </dev/null \
             >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
         echo "bench: command failed: $*" >&2
         tail -n 20 "$LOGS/$name.err" >&2 || true
         exit 1
     fi
+    b1=$(busy_ticks)
     local wall user sys rss
     read -r wall user sys rss < <(tail -n1 "$tf")
     LAST_WALL=$wall
-    local cpu mbps
+    local cpu mbps other
     cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN{printf "%.2f", u+s}')
+    other=$(awk -v d=$((b1 - b0)) -v hz="$HZ" -v c="$cpu" 'BEGIN{o = d/hz - c; printf "%.1f", (o < 0 ? 0 : o)}')
     mbps=$(awk -v b="$IMG_BYTES" -v w="$wall" 'BEGIN{ if (w > 0) printf "%.0f", b/w/1e6; else print "inf" }')
     if [[ -n $tool ]]; then
         local repo_bytes
         repo_bytes=$(du -sb "$WORKDIR/repo/$tool" | cut -f1)
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$step" "$wall" "$cpu" "$rss" \
-            "$mbps" "$repo_bytes" "" >>"$ROWS"
-        info "$tool $step: wall ${wall}s cpu ${cpu}s rss $((rss / 1024))MiB ${mbps}MB/s repo $((repo_bytes / 1048576))MiB"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$step" "$wall" "$cpu" "$rss" \
+            "$mbps" "$repo_bytes" "" "$other" >>"$ROWS"
+        info "$tool $step: wall ${wall}s cpu ${cpu}s rss $((rss / 1024))MiB ${mbps}MB/s repo $((repo_bytes / 1048576))MiB other-cpu ${other}s"
     else
-        printf '%s\t%s\t%s\t%s\t%s\n' "$step" "$wall" "$cpu" "$rss" "$mbps" >>"$LIMITS"
-        info "$step: wall ${wall}s cpu ${cpu}s ${mbps}MB/s"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$step" "$wall" "$cpu" "$rss" "$mbps" "$other" >>"$LIMITS"
+        info "$step: wall ${wall}s cpu ${cpu}s ${mbps}MB/s other-cpu ${other}s"
     fi
 }
 # append a note to the last row
@@ -196,7 +238,10 @@ if have_tool cairn; then
         fi
     fi
     [[ -x $CAIRN_BIN ]] || die "cairn binary $CAIRN_BIN not found"
-    info "cairn binary: $CAIRN_BIN"
+    info "cairn binary: $CAIRN_BIN (run from a copy in the workdir, so a rebuild meanwhile cannot swap it)"
+    CAIRN_BIN_ORIG=$CAIRN_BIN
+    cp -- "$CAIRN_BIN" "$WORKDIR/cairn"
+    CAIRN_BIN=$WORKDIR/cairn
 fi
 if have_tool restic && ! command -v restic >/dev/null; then
     info "restic not installed: skipping it"; TOOLS=${TOOLS//restic/}
@@ -314,6 +359,7 @@ info "base.img: apparent $IMG_BYTES, allocated $IMG_ALLOC; changed.img allocated
 
 # ------------------------------------------------------------ machine limits
 phase "machine limits on base.img (page cache warmed by a first cat)"
+wait_quiet
 cat "$IMG" >/dev/null
 cat "$IMG2" >/dev/null
 measure limit-cat "" "cat IMG > /dev/null" -- sh -c 'cat "$1" >/dev/null' sh "$IMG"
@@ -441,19 +487,33 @@ run_borg() {
 }
 
 for t in ${TOOLS//,/ }; do
-    case $t in
-        cairn) run_cairn ;;
-        restic) run_restic ;;
-        borg) run_borg ;;
-        "") ;;
-        *) die "unknown tool $t" ;;
-    esac
+    case $t in cairn|restic|borg) ;; "") continue ;; *) die "unknown tool $t" ;; esac
+    attempt=1
+    while :; do
+        n0=$(wc -l <"$ROWS")
+        wait_quiet
+        "run_$t"
+        if contaminated_since "$n0" && (( attempt <= RETRIES )); then
+            info "$t: another process used the CPU during a step; re-running $t (attempt $((attempt + 1)))"
+            head -n "$n0" "$ROWS" >"$ROWS.tmp" && mv "$ROWS.tmp" "$ROWS"
+            rm -rf -- "$WORKDIR/repo/$t" "$WORKDIR/cache/$t" "$WORKDIR/cache/borg-base" "$WORKDIR/restore/$t"
+            attempt=$((attempt + 1))
+            continue
+        fi
+        break
+    done
+    if (( attempt > 1 )); then
+        # mark the rows of this tool with the attempt count
+        awk -F'\t' -v OFS='\t' -v t="$t" -v a="$attempt" \
+            '$1 == t {$8 = ($8 == "" ? "" : $8 "; ") "attempt " a} {print}' "$ROWS" >"$ROWS.tmp" &&
+            mv "$ROWS.tmp" "$ROWS"
+    fi
 done
 
 # ------------------------------------------------------------ report
 phase "writing $OUT"
 versions() {
-    echo "- cairn: repo at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes)')$(have_tool cairn && echo ", binary $CAIRN_BIN" || echo ' (not run)')"
+    echo "- cairn: repo at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [[ -z $(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] || echo ' (+ uncommitted changes in src)')$(have_tool cairn && echo ", binary $CAIRN_BIN_ORIG (built $(date -u -r "$CAIRN_BIN_ORIG" +%H:%M:%SZ), run from a copy)" || echo ' (not run)')"
     command -v restic >/dev/null && echo "- $(restic version | head -n1)"
     command -v borg >/dev/null && echo "- $(borg --version)"
     echo "- $(qemu-img --version | head -n1), $(mkfs.ext4 -V 2>&1 | head -n1), $(b3sum --version), $(zstd --version | head -n1)"
@@ -476,23 +536,25 @@ versions() {
     echo "- Image: $(mib "$IMG_BYTES") raw (sparse, $(mib "$IMG_ALLOC") allocated), GPT + ext4 holding ${TREE_MIB} MiB from gen-tree.py (seed $SEED): real /usr files, logs/text, ~20% random data."
     echo "- Changed image: $(cat "$WORKDIR/tmp/mutate.txt"), written in place with qemu-io; copied over the same path before step c."
     echo "- Page cache: NOT dropped; every backup step is preceded by \`cat\` of the image, so all numbers are warm-cache (the disk is not measured)."
+    echo "- Before each tool (and the limits) the script waited for an idle machine (up to ${QUIET_WAIT}s); a tool whose steps had other CPU > 0.5 s + 15% of wall was re-run from scratch (up to $RETRIES times; 'attempt N' in the notes)."
+    echo "- Other CPU s = busy CPU time of the whole machine during the step (/proc/stat) minus the step's own CPU: work by other processes; well above 0 means the step shared the 2 cores and its wall time is pessimistic."
     echo "- MB/s = apparent image size ($IMG_BYTES bytes) / wall time, MB = 10^6 bytes. CPU = user + sys. Peak RSS = GNU time %M. Repo = \`du -sb\` of the repository after the step."
     echo "- cairn: \`cairn init\` defaults. restic: repository format v2, compression auto (zstd), default chunker (~1 MiB avg CDC), cache in the workdir. borg: \`-e ${BORG_ENC:-repokey-blake2}\`, compression lz4 (the borg default, given explicitly), default buzhash chunker (~2 MiB avg), restore with \`--sparse\`. restic $(restic version 2>/dev/null | awk '{print $2}') restore has no sparse option (writes the holes as zeros)."
     echo "- borg 1.2 keeps a file in its files cache only if its ctime/mtime is older than the newest one seen in that backup, so with a single file argument the files cache never hits: borg's \"b unchanged\" re-reads and re-chunks the whole image (status A), like the forced variant."
     echo
     echo "## Results"
     echo
-    echo "| tool | step | wall s | CPU s | CPU % | peak RSS MiB | MB/s | repo MiB | notes |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
+    echo "| tool | step | wall s | CPU s | CPU % | other CPU s | peak RSS MiB | MB/s | repo MiB | notes |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
     awk -F'\t' '{ cpup = ($3 > 0) ? sprintf("%.0f", 100*$4/$3) : "-";
-                  printf "| %s | %s | %.2f | %.2f | %s | %.0f | %s | %.1f | %s |\n",
-                         $1, $2, $3, $4, cpup, $5/1024, $6, $7/1048576, $8 }' "$ROWS"
+                  printf "| %s | %s | %.2f | %.2f | %s | %s | %.0f | %s | %.1f | %s |\n",
+                         $1, $2, $3, $4, cpup, $9, $5/1024, $6, $7/1048576, $8 }' "$ROWS"
     echo
     echo "## Machine limits (same image, warm page cache)"
     echo
-    echo "| command | wall s | CPU s | peak RSS MiB | MB/s |"
-    echo "|---|---:|---:|---:|---:|"
-    awk -F'\t' '{ printf "| `%s` | %.2f | %.2f | %.0f | %s |\n", $1, $2, $3, $4/1024, $5 }' "$LIMITS"
+    echo "| command | wall s | CPU s | other CPU s | peak RSS MiB | MB/s |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    awk -F'\t' '{ printf "| `%s` | %.2f | %.2f | %s | %.0f | %s |\n", $1, $2, $3, $6, $4/1024, $5 }' "$LIMITS"
     echo
     echo "b3sum memory-maps the file, so its peak RSS counts the page-cache pages it mapped. All of these read the holes of the sparse image as zeros."
     echo
