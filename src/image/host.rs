@@ -66,6 +66,10 @@ impl HostFile {
         })
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The file's length when it was opened.
     pub fn len(&self) -> u64 {
         self.len

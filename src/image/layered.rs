@@ -372,6 +372,17 @@ impl<L: Layout> DiskImage for Layered<L> {
         let backing = self.backing.as_ref().map(|b| b.stamp());
         super::host::combine_stamps(top, others.chain(backing))
     }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = self
+            .layout
+            .files()
+            .iter()
+            .map(|f| f.path().to_path_buf())
+            .collect();
+        v.extend(self.backing.iter().flat_map(|b| b.files()));
+        v
+    }
 }
 
 #[cfg(test)]

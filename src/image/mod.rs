@@ -20,8 +20,12 @@ mod raw;
 mod vhd;
 mod vhdx;
 mod vmdk;
+pub mod write;
+mod write_qcow2;
+mod write_vmdk;
 
 pub use raw::RawImage;
+pub use write::{create, DiskWriter, OutFormat};
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -52,6 +56,9 @@ pub trait DiskImage: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
     /// Identity of the source for change detection; None for block devices.
     fn stamp(&self) -> Option<SourceStamp>;
+    /// Every host file the guest view is read from: extents, parents, backing files. A VM
+    /// folder backup uses it to tell a disk from the pieces of another disk.
+    fn files(&self) -> Vec<PathBuf>;
 }
 
 /// How deep a chain of backing files / parents may go; deeper means a loop or damage.

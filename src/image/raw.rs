@@ -117,6 +117,10 @@ impl DiskImage for RawImage {
     fn stamp(&self) -> Option<SourceStamp> {
         self.stamp
     }
+
+    fn files(&self) -> Vec<PathBuf> {
+        vec![self.path.clone()]
+    }
 }
 
 #[cfg(test)]
