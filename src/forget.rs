@@ -17,6 +17,7 @@ const POLICIES: &str = "policies";
 
 /// A policy stored in the repository for the VMs whose name matches `vm` (`*`, `?`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct StoredPolicy {
     pub vm: String,
     pub policy: Policy,
@@ -28,7 +29,23 @@ pub fn load_policies(repo: &Repository) -> Result<Vec<StoredPolicy>> {
     }
     let bytes = repo.backend.get(POLICIES)?;
     let json = envelope::decode_file(FileKind::Policies, &repo.keys, &bytes, POLICIES)?;
-    serde_json::from_slice(&json).map_err(|e| Error::corrupt(POLICIES, e.to_string()))
+    let list: Vec<StoredPolicy> = serde_json::from_slice(&json).map_err(|e| {
+        Error::corrupt(
+            POLICIES,
+            format!("{e}; a newer cairn may have written rules this one does not know, upgrade it"),
+        )
+    })?;
+    // A policy without rules would remove every unprotected snapshot of its VMs.
+    if let Some(p) = list.iter().find(|p| p.policy.is_empty()) {
+        return Err(Error::corrupt(
+            POLICIES,
+            format!(
+                "the policy for {:?} has no keep rule; fix it with `cairn policy set`",
+                p.vm
+            ),
+        ));
+    }
+    Ok(list)
 }
 
 /// Replaces the stored policies (atomically: readers see the old or the new list).

@@ -16,7 +16,10 @@
 use chrono::{DateTime, Datelike, FixedOffset, Timelike};
 use serde::{Deserialize, Serialize};
 
+/// Unknown fields are refused when read back: a rule this build does not know must not be
+/// silently dropped, which would remove snapshots the rule keeps.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Policy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_last: Option<u32>,

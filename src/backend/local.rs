@@ -1,8 +1,10 @@
 //! The local filesystem (or a NAS mount) as a backend.
 //!
 //! Writes go to a temporary file in the target folder, are fsynced, renamed into place, and
-//! the folder is fsynced, so after a crash an object is either absent or complete. Locks use
-//! `O_EXCL` creation, which NFSv3+ and SMB honour; nothing here uses flock or atime.
+//! the folder is fsynced, so after a crash an object is either absent or complete. New
+//! names that must not exist yet (locks) are claimed with link(2), atomic on NFS, or with
+//! `O_EXCL` creation on shares without hard links (SMB without Unix extensions); nothing
+//! here uses flock or atime.
 
 use super::Backend;
 use crate::crypto::random_bytes;
@@ -102,6 +104,19 @@ impl Backend for LocalBackend {
                 Ok(true)
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            // No hard links on this share: O_EXCL creation, which SMB and NFSv3+ honour.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS)) => {
+                let mut f = match OpenOptions::new().write(true).create_new(true).open(&target) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+                    Err(e) => return Err(Error::io(format!("creating {}", target.display()), e)),
+                };
+                f.write_all(data)
+                    .and_then(|()| f.sync_all())
+                    .ctx(|| format!("writing {}", target.display()))?;
+                sync_dir(target.parent().unwrap_or(&self.root))?;
+                Ok(true)
+            }
             Err(e) => Err(Error::io(format!("creating {}", target.display()), e)),
         }
     }

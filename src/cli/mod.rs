@@ -37,8 +37,9 @@ pub struct Cli {
     /// No progress bars.
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
-    /// Wait up to this long for a conflicting lock (e.g. 30m) instead of failing at once.
-    #[arg(long, global = true, value_parser = crate::retention::parse_duration)]
+    /// Wait up to this long for a conflicting lock (e.g. 90s, 30m, 2h) instead of failing
+    /// at once.
+    #[arg(long, global = true, value_parser = parse_wait)]
     pub retry_lock: Option<i64>,
     #[command(subcommand)]
     pub command: Command,
@@ -157,4 +158,44 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     num.parse::<u64>()
         .map(|n| n * mult)
         .map_err(|_| format!("{s:?} is not a size (examples: 65536, 64K, 1M)"))
+}
+
+/// Parses a wait such as `90s`, `30m`, `2h` or `1h30m` (a bare number is seconds) into
+/// seconds. Unlike retention periods, `m` means minutes here.
+fn parse_wait(s: &str) -> std::result::Result<i64, String> {
+    let bad = || format!("{s:?} is not a wait (examples: 90s, 30m, 2h)");
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n.max(0));
+    }
+    let (mut total, mut num) = (0i64, String::new());
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: i64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+    }
+    if !num.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn waits_are_minutes_not_months() {
+        assert_eq!(super::parse_wait("30m"), Ok(1800));
+        assert_eq!(super::parse_wait("1h30m"), Ok(5400));
+        assert_eq!(super::parse_wait("90"), Ok(90));
+        assert!(super::parse_wait("2d").is_err());
+        assert!(super::parse_wait("m").is_err());
+    }
 }

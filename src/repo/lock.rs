@@ -98,6 +98,10 @@ pub struct Lock {
     lost: Arc<AtomicBool>,
     /// Unix seconds of the last successful write of our lock file.
     refreshed: Arc<AtomicI64>,
+    /// The longest time in seconds between two writes of our lock file so far. A process
+    /// suspended for an hour refreshes at once on waking, so the time since the last
+    /// refresh alone would hide that others saw the lock stale meanwhile.
+    longest_gap: Arc<AtomicI64>,
 }
 
 impl Lock {
@@ -132,7 +136,11 @@ impl Lock {
         };
         let name = format!("locks/{}", hex::encode(random_bytes::<16>()));
         let body = serde_json::to_vec(&info).expect("lock serializes");
-        backend.put_new(&name, &body)?;
+        if !backend.put_new(&name, &body)? {
+            return Err(Error::Other(format!(
+                "lock {name} already exists (a random name collided); run the command again"
+            )));
+        }
         for (other, theirs) in list_locks(&*backend)? {
             if other == name {
                 continue;
@@ -153,10 +161,11 @@ impl Lock {
         let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let lost = Arc::new(AtomicBool::new(false));
         let refreshed = Arc::new(AtomicI64::new(info.refreshed));
+        let longest_gap = Arc::new(AtomicI64::new(0));
         let refresher = {
             let (stop, lost, backend, name) =
                 (stop.clone(), lost.clone(), backend.clone(), name.clone());
-            let refreshed = refreshed.clone();
+            let (refreshed, longest_gap) = (refreshed.clone(), longest_gap.clone());
             std::thread::spawn(move || loop {
                 let (m, cv) = &*stop;
                 let guard = m.lock().unwrap_or_else(|e| e.into_inner());
@@ -167,10 +176,19 @@ impl Lock {
                     return;
                 }
                 drop(guard);
+                // A lock removed by `cairn unlock` stays removed: rewriting it would hide
+                // that others may have acted on its absence.
+                if !matches!(backend.size(&name), Ok(Some(_))) {
+                    lost.store(true, Ordering::SeqCst);
+                    return;
+                }
                 info.refreshed = now();
                 let body = serde_json::to_vec(&info).expect("lock serializes");
                 match backend.put(&name, &body) {
-                    Ok(()) => refreshed.store(info.refreshed, Ordering::SeqCst),
+                    Ok(()) => {
+                        let gap = info.refreshed - refreshed.swap(info.refreshed, Ordering::SeqCst);
+                        longest_gap.fetch_max(gap, Ordering::SeqCst);
+                    }
                     Err(_) => lost.store(true, Ordering::SeqCst),
                 }
             })
@@ -182,6 +200,7 @@ impl Lock {
             refresher: Some(refresher),
             lost,
             refreshed,
+            longest_gap,
         })
     }
 
@@ -190,7 +209,8 @@ impl Lock {
     /// Also fails if our lock went unrefreshed long enough that others may have taken it for
     /// stale (the process was suspended, the NAS hung): prune may have run meanwhile.
     pub fn check(&self) -> Result<()> {
-        let silent = now() - self.refreshed.load(Ordering::SeqCst);
+        let silent = (now() - self.refreshed.load(Ordering::SeqCst))
+            .max(self.longest_gap.load(Ordering::SeqCst));
         if silent > (STALE_AFTER.as_secs() / 2) as i64 {
             return Err(Error::Locked(format!(
                 "our lock {} was not refreshed for {silent}s, so another host may have treated it as \
