@@ -15,13 +15,13 @@
 
 use crate::chunker::Chunker;
 use crate::crypto::Sealer;
-use crate::image::DiskImage;
 use crate::repo::cache::IndexCache;
 use crate::repo::lock::LockKind;
 use crate::repo::pack::{seal_blob, BlobKind, SealedBlob};
 use crate::repo::packer::{Packer, WrittenIndex};
 use crate::repo::Repository;
 use crate::snapshot::{self, ChunkTable, Disk, Extent, Snapshot, Summary, MANIFEST_VERSION};
+use crate::vm::Item;
 use crate::{Error, Id, Result};
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
@@ -49,6 +49,10 @@ pub struct BackupReport {
     pub time: String,
     pub parent: Option<String>,
     pub disks: usize,
+    /// Config files of a VM folder, stored whole.
+    pub files: usize,
+    /// Files of a VM folder left out (locks, swap, logs), and why.
+    pub skipped: Vec<crate::vm::Skipped>,
     /// Disks whose source was unchanged since the parent, so tables were reused unread.
     pub disks_unchanged: usize,
     pub logical_bytes: u64,
@@ -60,36 +64,13 @@ pub struct BackupReport {
     pub duration_secs: f64,
 }
 
-struct Source {
-    name: String,
-    image: Box<dyn DiskImage>,
-    path: PathBuf,
-}
-
-/// Backs up one VM's disks into one snapshot.
+/// Backs up one VM's disks (and, for a VM folder, its config files) into one snapshot.
 pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result<BackupReport> {
     let started = Instant::now();
-    if paths.is_empty() {
-        return Err(Error::Usage("no disk images given".into()));
-    }
-    let mut sources = Vec::new();
-    let mut names = HashSet::new();
-    for p in paths {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| Error::Usage(format!("{} has no file name", p.display())))?;
-        if !names.insert(name.clone()) {
-            return Err(Error::Usage(format!(
-                "two disks are named {name}; give each disk a distinct file name"
-            )));
-        }
-        sources.push(Source {
-            name,
-            image: crate::image::open(p)?,
-            path: p.clone(),
-        });
-    }
+    let inv = crate::vm::inventory(paths)?;
+    let n_disks = inv.disks.len();
+    let skipped = inv.skipped;
+    let sources: Vec<Item> = inv.disks.into_iter().chain(inv.files).collect();
     let lock = repo.lock(LockKind::Shared, &format!("backup --vm {}", opts.vm))?;
     let cache = repo.index_cache()?;
     let parent = snapshot::load_all(repo)?
@@ -113,12 +94,12 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
             disks.push(reused);
         }
     }
-    let disks_unchanged = disks.iter().filter(|d| d.is_some()).count();
+    let disks_unchanged = disks[..n_disks].iter().filter(|d| d.is_some()).count();
 
     let total: u64 = to_read.iter().map(|&i| sources[i].image.size()).sum();
     let bar = crate::progress::bytes_bar(total, "backup", opts.quiet);
     let mut session = Session::new(repo, &cache);
-    let read_sources: Vec<&Source> = to_read.iter().map(|&i| &sources[i]).collect();
+    let read_sources: Vec<&Item> = to_read.iter().map(|&i| &sources[i]).collect();
     let tables = session.run_pipeline(&read_sources, &|n| bar.inc(n))?;
     bar.finish_and_clear();
     let Session { shared, mut w } = session;
@@ -142,7 +123,7 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         }
         disks[i] = Some(Disk {
             name: src.name.clone(),
-            format: src.image.format().into(),
+            format: src.format.into(),
             size: src.image.size(),
             table_span: span,
             tables,
@@ -150,6 +131,11 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         });
     }
     lock.check()?;
+    let mut items = disks
+        .into_iter()
+        .map(|d| d.expect("every item was read or reused"));
+    let disks: Vec<Disk> = items.by_ref().take(n_disks).collect();
+    let files: Vec<Disk> = items.collect();
 
     let summary = Summary {
         bytes_read: w.bytes_read,
@@ -165,11 +151,9 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         host: opts.host.clone(),
         tags: opts.tags.clone(),
         parent: parent.as_ref().map(|p| p.0),
-        disks: disks
-            .into_iter()
-            .map(|d| d.expect("every disk was read or reused"))
-            .collect(),
+        disks,
         summary: summary.clone(),
+        files,
     };
     let id = snapshot::save(repo, &snap)?;
     cache.flush()?;
@@ -179,6 +163,8 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         time: snap.time.clone(),
         parent: snap.parent.map(|p| p.to_hex()),
         disks: snap.disks.len(),
+        files: snap.files.len(),
+        skipped,
         disks_unchanged,
         logical_bytes: snap.logical_size(),
         bytes_read: summary.bytes_read,
@@ -194,17 +180,17 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
 /// table it names is still in the index.
 fn unchanged_disk(
     parent: Option<&Snapshot>,
-    src: &Source,
+    src: &Item,
     span: u64,
     reader: &crate::repo::cache::CacheReader,
 ) -> Result<Option<Disk>> {
     let (Some(parent), Some(stamp)) = (parent, src.image.stamp()) else {
         return Ok(None);
     };
-    let Some(d) = parent.disks.iter().find(|d| d.name == src.name) else {
+    let Some(d) = parent.items().find(|d| d.name == src.name) else {
         return Ok(None);
     };
-    if d.stamp != Some(stamp) || d.table_span != span || d.format != src.image.format() {
+    if d.stamp != Some(stamp) || d.table_span != span || d.format != src.format {
         return Ok(None);
     }
     for t in d.tables.iter().flatten() {
@@ -287,7 +273,7 @@ impl<'a> Session<'a> {
     /// Reads, chunks and stores `sources`; returns each disk's table ids.
     fn run_pipeline(
         &mut self,
-        sources: &[&Source],
+        sources: &[&Item],
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Vec<Vec<Option<Id>>>> {
         let seg_size = self.shared.repo.config.chunker.segment_size as u64;
@@ -462,7 +448,7 @@ impl Shared<'_> {
 
 /// The reader thread: one segment at a time, holes never read.
 fn read_segments(
-    sources: &[&Source],
+    sources: &[&Item],
     seg_size: u64,
     out: SyncSender<Segment>,
     pool: Receiver<Vec<u8>>,

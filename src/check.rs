@@ -112,7 +112,7 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
             snap.time
         );
         let packs = needs.entry(label.clone()).or_default();
-        for disk in &snap.disks {
+        for disk in snap.items() {
             for tid in disk.tables.iter().flatten() {
                 let table = match reader.get(tid)? {
                     None => {

@@ -71,7 +71,7 @@ fn crash_point(name: &str) {
 
 pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let started = Instant::now();
-    let _lock = repo.lock(LockKind::Exclusive, "prune")?;
+    let lock = repo.lock(LockKind::Exclusive, "prune")?;
     let mut rep = PruneReport {
         dry_run: opts.dry_run,
         ..Default::default()
@@ -84,7 +84,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let snapshots = snapshot::load_all(repo)?;
     rep.snapshots = snapshots.len();
     for (sid, snap) in &snapshots {
-        for disk in &snap.disks {
+        for disk in snap.items() {
             for tid in disk.tables.iter().flatten() {
                 if !used.insert(*tid) {
                     continue; // an unchanged span: its chunks are marked already
@@ -218,7 +218,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     drop(packer);
     bar.finish_and_clear();
 
-    // 4. Index for the packs that stay as they are.
+    // 4. Index for the packs that stay as they are. A prune that stalled until others
+    // took its lock for stale must not act on its old plan.
+    lock.check()?;
     keep.sort();
     let mut idx = IndexFile::default();
     for pack in &keep {
@@ -239,6 +241,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     crash_point("index");
 
     // 5. Delete: old index files first, then packs.
+    lock.check()?;
     let fresh: HashSet<&String> = written_index.iter().collect();
     for name in old_index.iter().filter(|n| !fresh.contains(n)) {
         repo.backend.delete(name)?;

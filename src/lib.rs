@@ -20,6 +20,7 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;
+pub mod vm;
 
 pub use error::{Error, Result};
 pub use id::Id;

@@ -1,30 +1,54 @@
 //! The restore pipeline: manifest → chunk tables → chunks grouped by pack → parallel fetch,
-//! open, verify → positioned writes into a sparse file.
+//! open, verify → positioned writes into the output disk.
 //!
-//! Each disk is written to a hidden partial file next to its target and renamed into place
-//! only when every chunk was verified, so a failed restore never leaves a file that looks
-//! complete. Holes are never written: the file is created at full size and stays sparse.
+//! A snapshot comes back as the folder it was taken from: config files byte for byte, and
+//! each disk in the form its hypervisor opens (qcow2 as qcow2, VMDK as a monolithicSparse
+//! VMDK, raw as raw; a delta chain flattened into one disk under the name the config uses),
+//! or all raw with `--format raw`. Each file is written to a hidden partial file next to
+//! its target and renamed into place only when every chunk was verified, so a failed
+//! restore never leaves a file that looks complete. Holes are never written.
+//!
+//! One disk can also go straight to a block device or file (`--disk NAME --target
+//! /dev/sdX`): its raw content, with holes written as zeros on a device, since a device
+//! holds whatever was there before.
 
 use crate::crypto::Sealer;
+use crate::image::write::{DiskWriter, OutFormat};
 use crate::repo::cache::{BlobLoc, CacheReader};
 use crate::repo::pack::{open_blob, pack_name, BlobKind};
 use crate::repo::Repository;
-use crate::snapshot::{self, ChunkTable, Disk, Snapshot};
+use crate::snapshot::{self, ChunkTable, Disk};
 use crate::{Error, Id, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::io::IsTerminal;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Largest single read from a pack; adjacent blobs are fetched together up to this.
 const MAX_READ: u64 = 8 << 20;
 
+/// What to do when a file to restore already exists (the choices of `vcbRestore -l`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Existing {
+    /// Ask for each file (only on a terminal; otherwise the same as abort).
+    Prompt,
+    Overwrite,
+    /// Leave the existing file and restore the others.
+    Keep,
+    /// Restore nothing.
+    Abort,
+}
+
 pub struct RestoreOptions {
+    /// A folder; or, with `disk`, a block device or file to write that disk's raw content to.
     pub target: PathBuf,
     pub disk: Option<String>,
-    pub overwrite: bool,
+    pub existing: Existing,
+    /// Write every disk as a raw image, whatever its source format.
+    pub raw: bool,
     pub quiet: bool,
 }
 
@@ -32,6 +56,8 @@ pub struct RestoreOptions {
 pub struct RestoredDisk {
     pub name: String,
     pub path: PathBuf,
+    /// "raw", "qcow2", "vmdk", or "file" for config files.
+    pub format: &'static str,
     pub size: u64,
     pub bytes_written: u64,
 }
@@ -41,101 +67,273 @@ pub struct RestoreReport {
     pub snapshot: String,
     pub vm: String,
     pub disks: Vec<RestoredDisk>,
+    pub files: Vec<RestoredDisk>,
+    /// Existing files left alone (`--existing keep`, or "no" at the prompt).
+    pub kept: Vec<PathBuf>,
     pub duration_secs: f64,
+}
+
+/// One file to write: a disk or config file of the snapshot, where and how.
+struct Output<'a> {
+    item: &'a Disk,
+    path: PathBuf,
+    format: OutFormat,
+    device: bool,
 }
 
 pub fn run(repo: &Repository, spec: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
     let started = Instant::now();
     let (id, snap) = snapshot::resolve(repo, spec)?;
-    let disks: Vec<&Disk> = match &opts.disk {
-        Some(n) => vec![snap.disks.iter().find(|d| &d.name == n).ok_or_else(|| {
-            let names: Vec<_> = snap.disks.iter().map(|d| d.name.as_str()).collect();
-            Error::Usage(format!(
-                "snapshot {} has no disk {n:?}; it has {names:?}",
-                id.short()
-            ))
-        })?],
-        None => snap.disks.iter().collect(),
-    };
-    std::fs::create_dir_all(&opts.target).map_err(|e| {
-        Error::io(
-            format!("creating target folder {}", opts.target.display()),
-            e,
-        )
-    })?;
-    for d in &disks {
-        let p = opts.target.join(&d.name);
-        if p.exists() && !opts.overwrite {
-            return Err(Error::Usage(format!(
-                "{} exists; pass --overwrite to replace it, or choose another --target",
-                p.display()
-            )));
-        }
+    let mut outputs = plan(&snap, id, opts)?;
+    let kept = resolve_existing(&mut outputs, opts.existing)?;
+    if let Some(dir) = outputs.first().and_then(|o| o.path.parent()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating target folder {}", dir.display()), e))?;
     }
+    // A shared lock: prune waits until the restore has read what it needs.
+    let _lock = repo.lock(crate::repo::lock::LockKind::Shared, "restore")?;
     let cache = repo.index_cache()?;
-    let total = disks.iter().map(|d| d.size).sum();
+    let total = outputs.iter().map(|o| o.item.size).sum();
     let bar = crate::progress::bytes_bar(total, "restore", opts.quiet);
-    let mut out = Vec::new();
-    for d in disks {
-        let path = opts.target.join(&d.name);
-        let written = restore_disk(repo, &cache.reader()?, &snap, d, &path, &|n| bar.inc(n))
-            .map_err(|e| {
-                Error::Other(format!(
-                    "restore of snapshot {} (VM {}), disk {} failed; nothing was written to {}: {e}",
-                    id.short(),
-                    snap.vm,
-                    d.name,
-                    path.display()
-                ))
-            })?;
-        out.push(RestoredDisk {
-            name: d.name.clone(),
-            path,
-            size: d.size,
+    let (mut disks, mut files) = (Vec::new(), Vec::new());
+    for o in &outputs {
+        let written = restore_item(repo, &cache.reader()?, o, &|n| bar.inc(n)).map_err(|e| {
+            Error::Other(format!(
+                "restore of snapshot {} (VM {}), {} failed; nothing was written to {}: {e}",
+                id.short(),
+                snap.vm,
+                o.item.name,
+                o.path.display()
+            ))
+        })?;
+        let done = RestoredDisk {
+            name: o.item.name.clone(),
+            path: o.path.clone(),
+            format: if o.item.format == crate::vm::FILE_FORMAT {
+                crate::vm::FILE_FORMAT
+            } else {
+                o.format.name()
+            },
+            size: o.item.size,
             bytes_written: written,
-        });
+        };
+        if o.item.format == crate::vm::FILE_FORMAT {
+            files.push(done);
+        } else {
+            disks.push(done);
+        }
     }
     bar.finish_and_clear();
     Ok(RestoreReport {
         snapshot: id.to_hex(),
         vm: snap.vm.clone(),
-        disks: out,
+        disks,
+        files,
+        kept,
         duration_secs: started.elapsed().as_secs_f64(),
     })
 }
 
-fn partial_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.cairn-partial"))
+/// Where each disk and file goes, in which format.
+fn plan<'a>(
+    snap: &'a snapshot::Snapshot,
+    id: Id,
+    opts: &RestoreOptions,
+) -> Result<Vec<Output<'a>>> {
+    if let Some(n) = &opts.disk {
+        let item = snap.disks.iter().find(|d| &d.name == n).ok_or_else(|| {
+            let names: Vec<_> = snap.disks.iter().map(|d| d.name.as_str()).collect();
+            Error::Usage(format!(
+                "snapshot {} has no disk {n:?}; it has {names:?}",
+                id.short()
+            ))
+        })?;
+        // An existing folder (or a path ending in '/') receives the disk under its name;
+        // anything else (a block device, a file, a new name) receives its raw content.
+        use std::os::unix::ffi::OsStrExt;
+        let folder = opts.target.is_dir() || opts.target.as_os_str().as_bytes().ends_with(b"/");
+        if !folder {
+            let device =
+                std::fs::metadata(&opts.target).is_ok_and(|m| m.file_type().is_block_device());
+            return Ok(vec![Output {
+                item,
+                path: opts.target.clone(),
+                format: OutFormat::Raw,
+                device,
+            }]);
+        }
+        return Ok(vec![disk_output(item, &opts.target, opts.raw)]);
+    }
+    let mut out: Vec<Output> = snap
+        .disks
+        .iter()
+        .map(|d| disk_output(d, &opts.target, opts.raw))
+        .collect();
+    out.extend(snap.files.iter().map(|f| Output {
+        item: f,
+        path: opts.target.join(&f.name),
+        format: OutFormat::Raw,
+        device: false,
+    }));
+    Ok(out)
 }
 
-/// Writes one disk; returns the data bytes written (holes excluded).
-fn restore_disk(
+/// A disk in its source's form under its own name, or raw (renamed `<stem>.raw` when the
+/// name says another format).
+fn disk_output<'a>(d: &'a Disk, dir: &Path, raw: bool) -> Output<'a> {
+    let native = OutFormat::for_source(&d.format);
+    let format = if raw { OutFormat::Raw } else { native };
+    let name = if format == OutFormat::Raw && d.format != "raw" {
+        let stem = Path::new(&d.name)
+            .file_stem()
+            .map_or_else(|| d.name.clone(), |s| s.to_string_lossy().into_owned());
+        format!("{stem}.raw")
+    } else {
+        d.name.clone()
+    };
+    Output {
+        item: d,
+        path: dir.join(name),
+        format,
+        device: false,
+    }
+}
+
+/// Applies `--existing` to targets that exist; returns the ones kept. Asks on a terminal
+/// for `prompt`; without one, refuses as `abort` does, so no cron job overwrites silently.
+fn resolve_existing(outputs: &mut Vec<Output>, mode: Existing) -> Result<Vec<PathBuf>> {
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let mut mode = mode;
+    let mut kept = Vec::new();
+    let mut keep = Vec::new();
+    for o in outputs.iter() {
+        let exists = o.device || o.path.exists();
+        let stay = match (exists, mode) {
+            (false, _) | (true, Existing::Overwrite) => true,
+            (true, Existing::Keep) => false,
+            (true, Existing::Abort) => return Err(exists_error(&o.path, "")),
+            (true, Existing::Prompt) if !interactive => {
+                return Err(exists_error(&o.path, " (no terminal to ask on)"))
+            }
+            (true, Existing::Prompt) => match ask(&o.path)? {
+                Answer::Yes => true,
+                Answer::No => false,
+                Answer::All => {
+                    mode = Existing::Overwrite;
+                    true
+                }
+                Answer::Quit => {
+                    return Err(Error::Usage(
+                        "restore cancelled; nothing was written".into(),
+                    ))
+                }
+            },
+        };
+        if !stay {
+            kept.push(o.path.clone());
+        }
+        keep.push(stay);
+    }
+    let mut flags = keep.into_iter();
+    outputs.retain(|_| flags.next().unwrap_or(true));
+    Ok(kept)
+}
+
+fn exists_error(path: &Path, why: &str) -> Error {
+    Error::Usage(format!(
+        "{} exists{why}; nothing was restored. Pass --existing overwrite to replace it, \
+         --existing keep to leave it and restore the rest, or choose another --target",
+        path.display()
+    ))
+}
+
+enum Answer {
+    Yes,
+    No,
+    All,
+    Quit,
+}
+
+fn ask(path: &Path) -> Result<Answer> {
+    loop {
+        eprint!(
+            "{} exists. Overwrite? [y]es, [n]o (keep it), [a]ll, [q]uit: ",
+            path.display()
+        );
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| Error::io("reading the answer", e))?;
+        match line.trim().to_ascii_lowercase().as_str() {
+            "y" | "yes" => return Ok(Answer::Yes),
+            "n" | "no" => return Ok(Answer::No),
+            "a" | "all" => return Ok(Answer::All),
+            "q" | "quit" | "" => return Ok(Answer::Quit),
+            _ => continue,
+        }
+    }
+}
+
+/// A hidden folder next to `path` holding the file being written under its final name
+/// (a VMDK names its own file inside), renamed into place when complete.
+fn partial_path(path: &Path) -> (PathBuf, PathBuf) {
+    let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut hidden = std::ffi::OsString::from(".");
+    hidden.push(&name);
+    hidden.push(".cairn-partial");
+    let dir = path.with_file_name(hidden);
+    let file = dir.join(&name);
+    (dir, file)
+}
+
+/// Writes one output; returns the data bytes written (holes excluded).
+fn restore_item(
     repo: &Repository,
     reader: &CacheReader,
-    _snap: &Snapshot,
-    disk: &Disk,
-    path: &Path,
+    out: &Output,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64> {
-    let tmp = partial_path(path);
+    if out.device {
+        let dev = Device::open(&out.path, out.item.size)?;
+        let written = write_disk(repo, reader, out.item, &dev, progress)?;
+        dev.file
+            .sync_all()
+            .map_err(|e| Error::io(format!("flushing {}", out.path.display()), e))?;
+        return Ok(written);
+    }
+    let (tmp_dir, tmp) = partial_path(&out.path);
     let res = (|| {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-        file.set_len(disk.size)
-            .map_err(|e| Error::io(format!("sizing {}", tmp.display()), e))?;
-        let mut written = 0;
-        for (slot, table) in disk.tables.iter().enumerate() {
-            let base = slot as u64 * disk.table_span;
-            let span_len = disk.table_span.min(disk.size - base);
-            if let Some(table) = table {
+        let _ = std::fs::remove_dir_all(&tmp_dir); // left by a killed restore
+        std::fs::create_dir(&tmp_dir)
+            .map_err(|e| Error::io(format!("creating {}", tmp_dir.display()), e))?;
+        let w = crate::image::write::create(out.format, &tmp, out.item.size)?;
+        let written = write_disk(repo, reader, out.item, w.as_ref(), progress)?;
+        w.finish()?;
+        std::fs::rename(&tmp, &out.path)
+            .map_err(|e| Error::io(format!("renaming {} into place", tmp.display()), e))?;
+        if let Some(dir) = out.path.parent() {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(written)
+    })();
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    res
+}
+
+/// Writes every chunk of a disk through `w`; holes go to `w.zero` (a no-op but on devices).
+fn write_disk<S: Sink + ?Sized>(
+    repo: &Repository,
+    reader: &CacheReader,
+    disk: &Disk,
+    w: &S,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64> {
+    let mut written = 0;
+    for (slot, table) in disk.tables.iter().enumerate() {
+        let base = slot as u64 * disk.table_span;
+        let span_len = disk.table_span.min(disk.size - base);
+        match table {
+            Some(table) => {
                 let table = load_table(repo, reader, table)?;
                 if table.len() != span_len {
                     return Err(Error::corrupt(
@@ -143,23 +341,91 @@ fn restore_disk(
                         format!("covers {} bytes, expected {span_len}", table.len()),
                     ));
                 }
-                written += write_table(repo, reader, &table, base, &file, &tmp)?;
+                let mut off = base;
+                for e in &table.extents {
+                    if e.id.is_none() {
+                        w.zero(off, e.len as u64)?;
+                    }
+                    off += e.len as u64;
+                }
+                written += write_table(repo, reader, &table, base, w)?;
             }
-            progress(span_len);
+            None => w.zero(base, span_len)?,
         }
-        file.sync_all()
-            .map_err(|e| Error::io(format!("flushing {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| Error::io(format!("renaming {} into place", tmp.display()), e))?;
-        if let Some(dir) = path.parent() {
-            let _ = File::open(dir).and_then(|d| d.sync_all());
-        }
-        Ok(written)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        progress(span_len);
     }
-    res
+    Ok(written)
+}
+
+/// Where restored bytes go: an image writer, or a block device.
+trait Sink: Sync {
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()>;
+    /// Makes `len` bytes at `offset` read as zeros (they are a hole in the snapshot).
+    fn zero(&self, offset: u64, len: u64) -> Result<()>;
+}
+
+impl<T: DiskWriter + ?Sized> Sink for T {
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        DiskWriter::write_at(self, offset, data)
+    }
+
+    /// A new image file reads as zeros wherever nothing was written.
+    fn zero(&self, _: u64, _: u64) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A block device (or existing file) receiving one disk's raw content in place.
+struct Device {
+    file: File,
+    path: PathBuf,
+}
+
+impl Device {
+    fn open(path: &Path, size: u64) -> Result<Device> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening {} for writing", path.display()), e))?;
+        let have =
+            device_size(&file).map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
+        if have < size {
+            return Err(Error::Usage(format!(
+                "{} holds {have} bytes, but the disk is {size} bytes; choose a larger device",
+                path.display()
+            )));
+        }
+        Ok(Device {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn device_size(f: &File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = f;
+    f.seek(SeekFrom::End(0))
+}
+
+impl Sink for Device {
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
+    }
+
+    /// The device still holds its old content; holes must be written as zeros.
+    fn zero(&self, offset: u64, len: u64) -> Result<()> {
+        static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(ZEROS.len() as u64) as usize;
+            self.write_at(offset + done, &ZEROS[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// Reads one blob by id, wherever the index says it is.
@@ -206,13 +472,12 @@ fn pack_sealer(repo: &Repository, reader: &CacheReader, pack: &Id) -> Result<Sea
 type Wanted = (BlobLoc, Vec<u64>);
 
 /// Restores the chunks of one table: grouped by pack, read in pack order, in parallel.
-fn write_table(
+fn write_table<S: Sink + ?Sized>(
     repo: &Repository,
     reader: &CacheReader,
     table: &ChunkTable,
     base: u64,
-    file: &File,
-    tmp: &Path,
+    w: &S,
 ) -> Result<u64> {
     // (location, disk offsets) per distinct chunk.
     let mut wanted: HashMap<Id, Wanted> = HashMap::new();
@@ -259,8 +524,7 @@ fn write_table(
                     let stored = &bytes[s..s + loc.entry.length as usize];
                     let plain = open_blob(&repo.keys, sealer, &loc.entry, stored, pack)?;
                     for &o in offsets {
-                        file.write_all_at(&plain, o)
-                            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+                        w.write_at(o, &plain)?;
                         written += plain.len() as u64;
                     }
                 }

@@ -5,6 +5,10 @@
 //! `table_span`, 1 GiB by default) and is itself a content-addressed blob, so an unchanged
 //! span of a disk yields the same table id and costs nothing in the next snapshot: every
 //! snapshot is a full restore point at the price of an incremental.
+//!
+//! Version 2 added `files`: a VM folder's small files (`.vmx`, `.nvram`, …), stored and
+//! deduplicated exactly like disks, so restore gives them back byte for byte. Version 1
+//! manifests are still read (with no files).
 
 use crate::image::SourceStamp;
 use crate::repo::envelope::FileKind;
@@ -12,7 +16,7 @@ use crate::repo::Repository;
 use crate::{Error, Id, Result};
 use serde::{Deserialize, Serialize};
 
-pub const MANIFEST_VERSION: u32 = 1;
+pub const MANIFEST_VERSION: u32 = 2;
 const TABLE_VERSION: u8 = 1;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -26,6 +30,38 @@ pub struct Snapshot {
     pub parent: Option<Id>,
     pub disks: Vec<Disk>,
     pub summary: Summary,
+    /// The VM's config and other small files (format "file"), restored byte-exact.
+    pub files: Vec<Disk>,
+}
+
+/// Version 1 of the manifest: version 2 without `files`. Postcard is not self-describing,
+/// so an old manifest is decoded with its own layout and converted.
+#[derive(Deserialize)]
+struct SnapshotV1 {
+    version: u32,
+    vm: String,
+    time: String,
+    host: String,
+    tags: Vec<String>,
+    parent: Option<Id>,
+    disks: Vec<Disk>,
+    summary: Summary,
+}
+
+impl From<SnapshotV1> for Snapshot {
+    fn from(s: SnapshotV1) -> Snapshot {
+        Snapshot {
+            version: s.version,
+            vm: s.vm,
+            time: s.time,
+            host: s.host,
+            tags: s.tags,
+            parent: s.parent,
+            disks: s.disks,
+            summary: s.summary,
+            files: Vec::new(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -50,6 +86,11 @@ pub struct Summary {
 }
 
 impl Snapshot {
+    /// Disks and files: everything whose chunk tables the snapshot references.
+    pub fn items(&self) -> impl Iterator<Item = &Disk> {
+        self.disks.iter().chain(&self.files)
+    }
+
     pub fn logical_size(&self) -> u64 {
         self.disks.iter().map(|d| d.size).sum()
     }
@@ -63,18 +104,21 @@ impl Snapshot {
     }
 
     pub fn decode(b: &[u8], name: &str) -> Result<Snapshot> {
-        let s: Snapshot = postcard::from_bytes(b)
-            .map_err(|e| Error::corrupt(name, format!("manifest does not decode: {e}")))?;
-        if s.version != MANIFEST_VERSION {
-            return Err(Error::corrupt(
+        let bad =
+            |e: postcard::Error| Error::corrupt(name, format!("manifest does not decode: {e}"));
+        // Every version starts with its version number.
+        let (version, _) = postcard::take_from_bytes::<u32>(b).map_err(bad)?;
+        match version {
+            1 => Ok(postcard::from_bytes::<SnapshotV1>(b).map_err(bad)?.into()),
+            MANIFEST_VERSION => postcard::from_bytes(b).map_err(bad),
+            v => Err(Error::corrupt(
                 name,
                 format!(
-                    "manifest version {}; this cairn reads {MANIFEST_VERSION}",
-                    s.version
+                    "manifest version {v}; this cairn reads versions 1 to {MANIFEST_VERSION}. \
+                     Upgrade cairn to read it"
                 ),
-            ));
+            )),
         }
-        Ok(s)
     }
 }
 
@@ -257,7 +301,59 @@ mod tests {
                 stamp: None,
             }],
             summary: Summary::default(),
+            files: vec![Disk {
+                name: "web01.vmx".into(),
+                format: "file".into(),
+                size: 1234,
+                table_span: 1 << 30,
+                tables: vec![Some(Id([4; 32]))],
+                stamp: None,
+            }],
         };
         assert_eq!(Snapshot::decode(&s.encode(), "s").unwrap(), s);
+    }
+
+    /// A version 1 manifest, as cairn 0.1 wrote it (postcard, fields in order, no
+    /// `files`), still decodes.
+    #[test]
+    fn reads_version_1_manifests() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            version: u32,
+            vm: &'a str,
+            time: &'a str,
+            host: &'a str,
+            tags: Vec<&'a str>,
+            parent: Option<Id>,
+            disks: Vec<Disk>,
+            summary: Summary,
+        }
+        let disk = Disk {
+            name: "disk0.img".into(),
+            format: "raw".into(),
+            size: 4096,
+            table_span: 1 << 30,
+            tables: vec![Some(Id([2; 32]))],
+            stamp: None,
+        };
+        let b = postcard::to_stdvec(&V1 {
+            version: 1,
+            vm: "web01",
+            time: "2026-11-22T04:00:00+01:00",
+            host: "proxy",
+            tags: vec![],
+            parent: None,
+            disks: vec![disk.clone()],
+            summary: Summary::default(),
+        })
+        .unwrap();
+        let s = Snapshot::decode(&b, "old").unwrap();
+        assert_eq!((s.version, s.vm.as_str()), (1, "web01"));
+        assert_eq!(s.disks, vec![disk]);
+        assert!(s.files.is_empty());
+        let mut future = b.clone();
+        future[0] = 9;
+        let e = Snapshot::decode(&future, "new").unwrap_err().to_string();
+        assert!(e.contains("version 9") && e.contains("Upgrade"), "{e}");
     }
 }

@@ -133,6 +133,7 @@ fn fixed_chunker_two_disks_and_single_disk_restore() {
     let r = env.backup("db01", &[&d0, &d1], &[]);
     assert_eq!(r["disks"], 2);
     let out = env.path("out");
+    std::fs::create_dir(&out).unwrap(); // an existing folder receives the disk by name
     let o = out.to_str().unwrap();
     env.ok(&[
         "restore",
@@ -146,7 +147,14 @@ fn fixed_chunker_two_disks_and_single_disk_restore() {
     assert_eq!(sha256(&out.join("disk1.img")), sha256(&d1));
     let refused = env.run(&["restore", "db01:latest", "--target", o]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--overwrite"));
-    env.ok(&["restore", "db01:latest", "--target", o, "--overwrite"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--existing overwrite"));
+    env.ok(&[
+        "restore",
+        "db01:latest",
+        "--target",
+        o,
+        "--existing",
+        "overwrite",
+    ]);
     assert_eq!(sha256(&out.join("disk0.img")), sha256(&d0));
 }

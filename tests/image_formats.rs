@@ -41,9 +41,20 @@ fn roundtrip(env: &Env, vm: &str, src: &Path, fmt: &str, format: &str) -> serde_
     let report = env.backup(vm, &[src], &[]);
     let id = report["snapshot"].as_str().unwrap().to_string();
     let out = env.path(&format!("restore-{}", &id[..8]));
-    env.ok(&["restore", &id[..12], "--target", s(&out)]);
     let name = src.file_name().unwrap().to_str().unwrap();
-    let restored = out.join(name);
+    let restored_at = |extra: &[&str]| -> PathBuf {
+        let mut args = vec!["restore", &id[..12], "--target", s(&out), "--json"];
+        args.extend_from_slice(extra);
+        let r: serde_json::Value = serde_json::from_str(&env.ok(&args)).unwrap();
+        PathBuf::from(r["disks"][0]["path"].as_str().unwrap())
+    };
+    check_native(
+        &restored_at(&[]),
+        src,
+        fmt,
+        report["logical_bytes"].as_u64().unwrap(),
+    );
+    let restored = restored_at(&["--format", "raw"]);
     let reference = env.path(&format!("qemu-{}.raw", &id[..8]));
     let len = |p: &Path| std::fs::metadata(p).unwrap().len();
     if report["logical_bytes"].as_u64().unwrap() <= 256 * MIB {
@@ -92,6 +103,38 @@ fn roundtrip(env: &Env, vm: &str, src: &Path, fmt: &str, format: &str) -> serde_
         .unwrap();
     assert_eq!(snap["disks"][0]["format"], format, "{snap}");
     report
+}
+
+/// A disk restored in its native form: qcow2 and VMDK come back as such (flattened, no
+/// backing file), clean by `qemu-img check`, the right virtual size, the source's guest
+/// content; VHD and VHDX come back raw.
+fn check_native(restored: &Path, src: &Path, fmt: &str, size: u64) {
+    let out_fmt = match fmt {
+        "qcow2" | "vmdk" => fmt,
+        _ => "raw",
+    };
+    let o = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json", s(restored)])
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(info["format"], out_fmt, "{info}");
+    assert_eq!(info["virtual-size"].as_u64(), Some(size), "{info}");
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    if out_fmt != "raw" {
+        qemu_img(&["check", "-q", "-f", out_fmt, s(restored)]);
+    }
+    qemu_img(&[
+        "compare",
+        "-q",
+        "-f",
+        out_fmt,
+        s(restored),
+        "-F",
+        fmt,
+        s(src),
+    ]);
+    std::fs::remove_file(restored).unwrap();
 }
 
 /// The format round trip of one qemu-img subformat of a 96 MiB mixed image; holes must

@@ -20,8 +20,9 @@ pub struct Args {
     /// Read every disk even if its file looks unchanged since the last snapshot.
     #[arg(long)]
     force_read: bool,
-    /// Disk images (raw files or block devices).
-    #[arg(required = true)]
+    /// Disk images (raw, qcow2, VMDK, VHD, VHDX, block devices) or VM folders (the disks
+    /// the .vmx names, plus the config files; lock files, swap and logs are skipped).
+    #[arg(required = true, value_name = "DISK|FOLDER")]
     disks: Vec<PathBuf>,
 }
 
@@ -44,14 +45,20 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
         quiet: cli.quiet,
     };
     let r = backup::run(&repo, &a.disks, &opts)?;
+    if !cli.quiet && !cli.json {
+        for s in &r.skipped {
+            eprintln!("skipped {}: {}", s.path.display(), s.reason);
+        }
+    }
     if cli.json {
         cli.print_json(&r);
     } else {
         println!(
-            "snapshot {} saved (VM {}, {} disks)",
+            "snapshot {} saved (VM {}, {} disks, {} config files)",
             &r.snapshot[..8],
             r.vm,
-            r.disks
+            r.disks,
+            r.files
         );
         if r.disks_unchanged > 0 {
             println!(

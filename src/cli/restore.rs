@@ -1,5 +1,5 @@
 use super::{human, Cli};
-use crate::restore::{self, RestoreOptions};
+use crate::restore::{self, Existing, RestoreOptions};
 use crate::Result;
 use std::path::PathBuf;
 
@@ -7,15 +7,25 @@ use std::path::PathBuf;
 pub struct Args {
     /// Snapshot id (a unique prefix), VM:latest, or latest.
     snapshot: String,
-    /// Folder to write the disks into.
+    /// Folder to recreate the VM in; with --disk, also a block device or file that
+    /// receives that disk's raw content.
     #[arg(long)]
     target: PathBuf,
     /// Restore only this disk (its file name).
     #[arg(long)]
     disk: Option<String>,
-    /// Replace files that already exist in the target.
-    #[arg(long)]
-    overwrite: bool,
+    /// What to do with files that already exist (without a terminal, prompt means abort).
+    #[arg(long, value_enum, default_value = "prompt")]
+    existing: Existing,
+    /// Disk format to write: `native` (qcow2 as qcow2, VMDK as VMDK, raw as raw) or `raw`.
+    #[arg(long, value_enum, default_value = "native")]
+    format: Format,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Native,
+    Raw,
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
@@ -23,7 +33,8 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
     let opts = RestoreOptions {
         target: a.target.clone(),
         disk: a.disk.clone(),
-        overwrite: a.overwrite,
+        existing: a.existing,
+        raw: a.format == Format::Raw,
         quiet: cli.quiet,
     };
     let r = restore::run(&repo, &a.snapshot, &opts)?;
@@ -32,12 +43,20 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
     } else {
         for d in &r.disks {
             println!(
-                "restored {} ({} logical, {} data) to {}",
+                "restored {} as {} ({} logical, {} data) to {}",
                 d.name,
+                d.format,
                 human(d.size),
                 human(d.bytes_written),
                 d.path.display()
             );
+        }
+        if !r.files.is_empty() {
+            let names: Vec<&str> = r.files.iter().map(|f| f.name.as_str()).collect();
+            println!("restored config files: {}", names.join(", "));
+        }
+        for k in &r.kept {
+            println!("kept existing {}", k.display());
         }
         println!(
             "snapshot {} of VM {} restored and verified in {:.1}s",

@@ -20,6 +20,8 @@ struct Row {
     parent: Option<String>,
     protected: bool,
     disks: Vec<DiskRow>,
+    /// The VM's config files stored with the disks.
+    files: Vec<String>,
     logical_size: u64,
 }
 
@@ -55,6 +57,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
                     size: d.size,
                 })
                 .collect(),
+            files: s.files.into_iter().map(|f| f.name).collect(),
         })
         .collect();
     if cli.json {
