@@ -277,7 +277,10 @@ fn ask(path: &Path) -> Result<Answer> {
 /// A hidden folder next to `path` holding the file being written under its final name
 /// (a VMDK names its own file inside), renamed into place when complete.
 fn partial_path(path: &Path) -> (PathBuf, PathBuf) {
-    let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let mut hidden = std::ffi::OsString::from(".");
     hidden.push(&name);
     hidden.push(".cairn-partial");

@@ -105,8 +105,17 @@ impl Backend for LocalBackend {
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
             // No hard links on this share: O_EXCL creation, which SMB and NFSv3+ honour.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS)) => {
-                let mut f = match OpenOptions::new().write(true).create_new(true).open(&target) {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS)
+                ) =>
+            {
+                let mut f = match OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                {
                     Ok(f) => f,
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
                     Err(e) => return Err(Error::io(format!("creating {}", target.display()), e)),
