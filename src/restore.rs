@@ -512,24 +512,29 @@ fn write_table<S: Sink + ?Sized>(
         blobs.sort_by_key(|b| b.0.entry.offset);
         groups.push((pack, pack_sealer(repo, reader, &pack)?, blobs));
     }
-    groups
-        .par_iter()
-        .map(|(pack, sealer, blobs)| {
+    // One task per read (at most MAX_READ bytes), not per pack: a table's few packs hold
+    // very different amounts of it, and per-pack tasks left a core idle at the tail.
+    let runs: Vec<(&Id, &Sealer, &[Wanted])> = groups
+        .iter()
+        .flat_map(|(pack, sealer, blobs)| {
+            read_runs(blobs).into_iter().map(move |r| (pack, sealer, r))
+        })
+        .collect();
+    runs.par_iter()
+        .map(|&(pack, sealer, run)| {
             let mut written = 0;
-            for run in read_runs(blobs) {
-                let first = run[0].0.entry;
-                let last = run[run.len() - 1].0.entry;
-                let start = first.offset as u64;
-                let len = (last.offset as u64 + last.length as u64 - start) as usize;
-                let bytes = repo.backend.get_range(&pack_name(pack), start, len)?;
-                for (loc, offsets) in run {
-                    let s = (loc.entry.offset as u64 - start) as usize;
-                    let stored = &bytes[s..s + loc.entry.length as usize];
-                    let plain = open_blob(&repo.keys, sealer, &loc.entry, stored, pack)?;
-                    for &o in offsets {
-                        w.write_at(o, &plain)?;
-                        written += plain.len() as u64;
-                    }
+            let first = run[0].0.entry;
+            let last = run[run.len() - 1].0.entry;
+            let start = first.offset as u64;
+            let len = (last.offset as u64 + last.length as u64 - start) as usize;
+            let bytes = repo.backend.get_range(&pack_name(pack), start, len)?;
+            for (loc, offsets) in run {
+                let s = (loc.entry.offset as u64 - start) as usize;
+                let stored = &bytes[s..s + loc.entry.length as usize];
+                let plain = open_blob(&repo.keys, sealer, &loc.entry, stored, pack)?;
+                for &o in offsets {
+                    w.write_at(o, &plain)?;
+                    written += plain.len() as u64;
                 }
             }
             Ok(written)
