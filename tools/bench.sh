@@ -84,9 +84,9 @@ case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
 case $WORKDIR in /*) ;; *) WORKDIR=$PWD/$WORKDIR ;; esac
 WORKDIR=${WORKDIR%/}
 
-phase() { echo; echo "=== [bench $(date +%H:%M:%S)] $* ==="; }
-info() { echo "[bench] $*"; }
-die() { echo "bench: error: $*" >&2; exit 1; }
+BENCH_NAME=bench
+# shellcheck source=tools/bench-lib.sh
+source "$HERE/bench-lib.sh"   # phase, info, die, logcmd, run, busy_ticks, wait_quiet
 
 have_tool() { [[ ",$TOOLS," == *",$1,"* ]]; }
 
@@ -131,39 +131,14 @@ export CAIRN_PASSWORD=bench CAIRN_REPOSITORY=$CAIRN_REPOSITORY CAIRN_CACHE_DIR=$
 EOF
 
 # log a command line (shell-quoted) to the commands list
-logcmd() { local s; printf -v s '%q ' "$@"; echo "${s% }" >>"$CMDS"; }
 # log and run, output to a log file
-run() {
-    local name=$1; shift
-    logcmd "$@"
-    if ! "$@" </dev/null >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
-        echo "bench: command failed: $*" >&2
-        tail -n 20 "$LOGS/$name.err" >&2 || true
-        exit 1
-    fi
-}
 
 # Busy CPU seconds of the whole machine (user+nice+system+irq+softirq+steal from
 # /proc/stat); the difference over a step minus the step's own user+sys CPU is
 # "other CPU": work by other processes during the step (0 on a quiet machine).
-HZ=$(getconf CLK_TCK)
-busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 
 # wait_quiet: wait until other processes use < 10% of one core over 3 s (at
 # most QUIET_WAIT seconds)
-wait_quiet() {
-    local t0=$SECONDS b0 b1
-    while (( QUIET_WAIT > 0 )); do
-        b0=$(busy_ticks); sleep 3; b1=$(busy_ticks)
-        (( (b1 - b0) * 100 < 3 * HZ * 10 )) && break
-        if (( SECONDS - t0 >= QUIET_WAIT )); then
-            info "machine still busy after ${QUIET_WAIT}s; going on (see the other CPU column)"
-            break
-        fi
-    done
-    if (( SECONDS - t0 > 4 )); then info "waited $((SECONDS - t0))s for an idle machine"; fi
-    return 0
-}
 # contaminated_since N: true if a row after line N had other CPU > 0.5 s + 15% of wall
 contaminated_since() {
     awk -F'\t' -v n="$1" 'NR > n && $9 > 0.5 + 0.15 * $3 {bad = 1} END {exit !bad}' "$ROWS"

@@ -84,9 +84,9 @@ case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
 case $WORKDIR in /*) ;; *) WORKDIR=$PWD/$WORKDIR ;; esac
 WORKDIR=${WORKDIR%/}
 
-phase() { echo; echo "=== [chunk-study $(date +%H:%M:%S)] $* ==="; }
-info() { echo "[chunk-study] $*"; }
-die() { echo "chunk-study: error: $*" >&2; exit 1; }
+BENCH_NAME=chunk-study
+# shellcheck source=tools/bench-lib.sh
+source "$HERE/bench-lib.sh"   # phase, info, die, logcmd, run, busy_ticks, wait_quiet
 
 for t in python3 qemu-io sfdisk mkfs.ext4 e2fsck du; do
     command -v "$t" >/dev/null || die "$t not found"
@@ -111,7 +111,6 @@ ROWS=$WORKDIR/rows.tsv
 CMDS=$WORKDIR/commands.txt
 : >"$CMDS"
 printf 'scenario\tchunker\tsize\trep\trepo_bytes\tblobs\tpacks\twall_s\tcpu_s\tother_s\tmax_rss_kib\tgen_wall\tgen_new\tgen_stored\n' >"$ROWS"
-logcmd() { local s; printf -v s '%q ' "$@"; echo "${s% }" >>"$CMDS"; }
 
 export CAIRN_PASSWORD=study
 unset CAIRN_PASSWORD_FILE || true
@@ -254,18 +253,6 @@ for sc in ${SCENARIOS//,/ }; do
 done
 
 # ------------------------------------------------------------ backups
-HZ=$(getconf CLK_TCK)
-busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-wait_quiet() {   # other processes < 10% of one core over 3 s, at most QUIET_WAIT s
-    local t0=$SECONDS b0 b1
-    while (( QUIET_WAIT > 0 )); do
-        b0=$(busy_ticks); sleep 3; b1=$(busy_ticks)
-        (( (b1 - b0) * 100 < 3 * HZ * 10 )) && break
-        if (( SECONDS - t0 >= QUIET_WAIT )); then info "machine still busy after ${QUIET_WAIT}s; going on"; break; fi
-    done
-    if (( SECONDS - t0 > 4 )); then info "waited $((SECONDS - t0))s for an idle machine"; fi
-    return 0
-}
 DISK=$WORKDIR/data/disk.img
 for sc in ${SCENARIOS//,/ }; do
     for cfg in ${CONFIGS//,/ }; do

@@ -83,9 +83,9 @@ case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
 case $WORKDIR in /*) ;; *) WORKDIR=$PWD/$WORKDIR ;; esac
 WORKDIR=${WORKDIR%/}
 
-phase() { echo; echo "=== [image-read-bench $(date +%H:%M:%S)] $* ==="; }
-info() { echo "[image-read-bench] $*"; }
-die() { echo "image-read-bench: error: $*" >&2; exit 1; }
+BENCH_NAME=image-read-bench
+# shellcheck source=tools/bench-lib.sh
+source "$HERE/bench-lib.sh"   # phase, info, die, logcmd, run, busy_ticks, wait_quiet
 
 for t in python3 qemu-img sfdisk mkfs.ext4 e2fsck strace; do
     command -v "$t" >/dev/null || die "$t not found"
@@ -114,32 +114,8 @@ export CAIRN_PASSWORD=bench CAIRN_REPOSITORY=$WORKDIR/repo/cairn
 export CAIRN_CACHE_DIR=$WORKDIR/cache/cairn
 unset CAIRN_PASSWORD_FILE || true
 echo "export CAIRN_PASSWORD=bench CAIRN_REPOSITORY=$CAIRN_REPOSITORY CAIRN_CACHE_DIR=$CAIRN_CACHE_DIR" >>"$CMDS"
-logcmd() { local s; printf -v s '%q ' "$@"; echo "${s% }" >>"$CMDS"; }
-run() {   # run NAME CMD...: output to logs/NAME.*, stop on failure
-    local name=$1; shift
-    if ! "$@" </dev/null >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
-        echo "image-read-bench: command failed: $*" >&2
-        tail -n 20 "$LOGS/$name.err" >&2 || true
-        exit 1
-    fi
-}
 
 # Same idle-machine method as bench.sh.
-HZ=$(getconf CLK_TCK)
-busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-wait_quiet() {
-    local t0=$SECONDS b0 b1
-    while (( QUIET_WAIT > 0 )); do
-        b0=$(busy_ticks); sleep 3; b1=$(busy_ticks)
-        (( (b1 - b0) * 100 < 3 * HZ * 10 )) && break
-        if (( SECONDS - t0 >= QUIET_WAIT )); then
-            info "machine still busy after ${QUIET_WAIT}s; going on (see the other CPU column)"
-            break
-        fi
-    done
-    if (( SECONDS - t0 > 4 )); then info "waited $((SECONDS - t0))s for an idle machine"; fi
-    return 0
-}
 contaminated_since() {
     awk -F'\t' -v n="$1" 'NR > n && $6 > 0.5 + 0.15 * $3 {bad = 1} END {exit !bad}' "$ROWS"
 }
@@ -270,7 +246,6 @@ for f in ${FORMATS//,/ }; do
         phase "$f (attempt $attempt)"
         n0=$(wc -l <"$ROWS")
         rm -rf -- "$WORKDIR/repo/cairn" "$WORKDIR/cache/cairn"
-        logcmd "$CAIRN_BIN" init
         run "init-$f" "$CAIRN_BIN" init
         wait_quiet
         cat "$p" >/dev/null
@@ -293,7 +268,6 @@ for f in ${FORMATS//,/ }; do
     # decoded to the same disk? restore as raw and compare with base.img
     rdir=$WORKDIR/restore
     rm -rf -- "$rdir"
-    logcmd "$CAIRN_BIN" restore "$f:latest" --target "$rdir" --format raw
     run "restore-$f" "$CAIRN_BIN" restore "$f:latest" --target "$rdir" --format raw
     rfile=$(find "$rdir" -type f | head -n1)
     if [[ -n $rfile ]] && cmp -s "$rfile" "$BASE"; then newb="= base.img"; else newb="DIFFERS"; fi

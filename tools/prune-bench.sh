@@ -81,9 +81,9 @@ case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
 case $WORKDIR in /*) ;; *) WORKDIR=$PWD/$WORKDIR ;; esac
 WORKDIR=${WORKDIR%/}
 
-phase() { echo; echo "=== [prune-bench $(date +%H:%M:%S)] $* ==="; }
-info() { echo "[prune-bench] $*"; }
-die() { echo "prune-bench: error: $*" >&2; exit 1; }
+BENCH_NAME=prune-bench
+# shellcheck source=tools/bench-lib.sh
+source "$HERE/bench-lib.sh"   # phase, info, die, logcmd, run, busy_ticks, wait_quiet
 have_tool() { [[ ",$TOOLS," == *",$1,"* ]]; }
 
 for t in python3 sfdisk mkfs.ext4 e2fsck du; do
@@ -125,32 +125,8 @@ cat >>"$CMDS" <<EOF
 export TZ=UTC RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$RESTIC_REPOSITORY RESTIC_CACHE_DIR=$RESTIC_CACHE_DIR
 export CAIRN_PASSWORD=bench CAIRN_REPOSITORY=$CAIRN_REPOSITORY CAIRN_CACHE_DIR=$CAIRN_CACHE_DIR
 EOF
-logcmd() { local s; printf -v s '%q ' "$@"; echo "${s% }" >>"$CMDS"; }
-run() {   # run NAME CMD...: log it, output to logs/NAME.*, stop on failure
-    local name=$1; shift
-    if ! "$@" </dev/null >"$LOGS/$name.out" 2>"$LOGS/$name.err"; then
-        echo "prune-bench: command failed: $*" >&2
-        tail -n 20 "$LOGS/$name.err" >&2 || true
-        exit 1
-    fi
-}
 
 # Same idle-machine method as bench.sh.
-HZ=$(getconf CLK_TCK)
-busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-wait_quiet() {
-    local t0=$SECONDS b0 b1
-    while (( QUIET_WAIT > 0 )); do
-        b0=$(busy_ticks); sleep 3; b1=$(busy_ticks)
-        (( (b1 - b0) * 100 < 3 * HZ * 10 )) && break
-        if (( SECONDS - t0 >= QUIET_WAIT )); then
-            info "machine still busy after ${QUIET_WAIT}s; going on (see the other CPU column)"
-            break
-        fi
-    done
-    if (( SECONDS - t0 > 4 )); then info "waited $((SECONDS - t0))s for an idle machine"; fi
-    return 0
-}
 contaminated_since() {
     awk -F'\t' -v n="$1" 'NR > n && $7 > 0.5 + 0.15 * $4 {bad = 1} END {exit !bad}' "$ROWS"
 }
