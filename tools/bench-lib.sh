@@ -42,3 +42,23 @@ wait_quiet() {
     if (( SECONDS - t0 > 4 )); then info "waited $((SECONDS - t0))s for an idle machine"; fi
     return 0
 }
+
+# prepare_cairn: sets CAIRN_BIN_ORIG to the binary to measure (CAIRN_BIN if given, else
+# target/release/cairn, built first when BUILD=1) and CAIRN_BIN to a copy in WORKDIR, so a
+# rebuild during a long run cannot swap the binary between steps.
+prepare_cairn() {
+    if [[ -z $CAIRN_BIN ]]; then
+        CAIRN_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/cairn
+        if (( BUILD )); then
+            phase "building cairn (cargo build --release)"
+            logcmd cargo build --release
+            (cd "$ROOT" && cargo build --release) >"$LOGS/build.out" 2>&1 ||
+                { tail -n 30 "$LOGS/build.out" >&2; die "cairn build failed (log: $LOGS/build.out)"; }
+        fi
+    fi
+    [[ -x $CAIRN_BIN ]] || die "cairn binary $CAIRN_BIN not found"
+    CAIRN_BIN_ORIG=$CAIRN_BIN
+    cp -- "$CAIRN_BIN" "$WORKDIR/cairn"
+    CAIRN_BIN=$WORKDIR/cairn
+    info "cairn binary: $CAIRN_BIN_ORIG (built $(date -u -r "$CAIRN_BIN_ORIG" +%H:%M:%SZ)), run from a copy: $CAIRN_BIN"
+}

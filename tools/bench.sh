@@ -201,22 +201,7 @@ EOF
 
 # ------------------------------------------------------------ build cairn
 if have_tool cairn; then
-    if [[ -z $CAIRN_BIN ]]; then
-        CAIRN_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/cairn
-        if (( BUILD )); then
-            phase "building cairn (cargo build --release)"
-            logcmd cargo build --release
-            if ! (cd "$ROOT" && cargo build --release) >"$LOGS/build.out" 2>&1; then
-                tail -n 30 "$LOGS/build.out" >&2
-                die "cairn build failed (log: $LOGS/build.out); use --tools restic,borg to benchmark without cairn"
-            fi
-        fi
-    fi
-    [[ -x $CAIRN_BIN ]] || die "cairn binary $CAIRN_BIN not found"
-    info "cairn binary: $CAIRN_BIN (run from a copy in the workdir, so a rebuild meanwhile cannot swap it)"
-    CAIRN_BIN_ORIG=$CAIRN_BIN
-    cp -- "$CAIRN_BIN" "$WORKDIR/cairn"
-    CAIRN_BIN=$WORKDIR/cairn
+    prepare_cairn
 fi
 if have_tool restic && ! command -v restic >/dev/null; then
     info "restic not installed: skipping it"; TOOLS=${TOOLS//restic/}

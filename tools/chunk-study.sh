@@ -116,21 +116,7 @@ export CAIRN_PASSWORD=study
 unset CAIRN_PASSWORD_FILE || true
 
 # ------------------------------------------------------------ build cairn
-if [[ -z $CAIRN_BIN ]]; then
-    CAIRN_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/cairn
-    if (( BUILD )); then
-        phase "building cairn (cargo build --release)"
-        logcmd cargo build --release
-        (cd "$ROOT" && cargo build --release) >"$LOGS/build.out" 2>&1 ||
-            { tail -n 30 "$LOGS/build.out" >&2; die "cairn build failed"; }
-    fi
-fi
-[[ -x $CAIRN_BIN ]] || die "cairn binary $CAIRN_BIN not found"
-# run a copy, so that a rebuild meanwhile cannot swap the binary between runs
-CAIRN_BIN_ORIG=$CAIRN_BIN
-cp -- "$CAIRN_BIN" "$WORKDIR/cairn"
-CAIRN_BIN=$WORKDIR/cairn
-info "cairn binary: $CAIRN_BIN_ORIG (built $(date -u -r "$CAIRN_BIN_ORIG" +%H:%M:%SZ)), run from $CAIRN_BIN"
+prepare_cairn
 
 # ------------------------------------------------------------ images
 has_scenario() { [[ ",$SCENARIOS," == *",$1,"* ]]; }

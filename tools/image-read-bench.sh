@@ -147,19 +147,7 @@ measure() {
 }
 
 # ------------------------------------------------------------ build
-if [[ -z $CAIRN_BIN ]]; then
-    CAIRN_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/cairn
-    if (( BUILD )); then
-        phase "building cairn (cargo build --release)"
-        logcmd cargo build --release
-        (cd "$ROOT" && cargo build --release) >"$LOGS/build.out" 2>&1 ||
-            { tail -n 30 "$LOGS/build.out" >&2; die "cairn build failed"; }
-    fi
-fi
-[[ -x $CAIRN_BIN ]] || die "cairn binary $CAIRN_BIN not found"
-CAIRN_BIN_ORIG=$CAIRN_BIN
-cp -- "$CAIRN_BIN" "$WORKDIR/cairn"
-CAIRN_BIN=$WORKDIR/cairn
+prepare_cairn
 
 # ------------------------------------------------------------ images
 BASE=$WORKDIR/img/base.img
