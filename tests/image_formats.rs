@@ -27,10 +27,7 @@ fn source(env: &Env, name: &str, size: u64, fmt: &str, opts: &[&str]) -> PathBuf
     let dir = env.path(&format!("src-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
     let img = dir.join(name);
-    let mut args = vec!["convert", "-q", "-f", "raw", "-O", fmt];
-    args.extend_from_slice(opts);
-    args.extend([s(&raw), s(&img)]);
-    qemu_img(&args);
+    convert_raw(&raw, fmt, opts, &img);
     std::fs::remove_file(&raw).unwrap();
     img
 }
@@ -276,18 +273,7 @@ fn vmdk_two_gb_extents_span_files() {
         std::fs::create_dir_all(&dir).unwrap();
         let img = dir.join("big.vmdk");
         let opt = format!("subformat={sub}");
-        qemu_img(&[
-            "convert",
-            "-q",
-            "-f",
-            "raw",
-            "-O",
-            "vmdk",
-            "-o",
-            &opt,
-            s(&raw),
-            s(&img),
-        ]);
+        convert_raw(&raw, "vmdk", &["-o", &opt], &img);
         let extents = std::fs::read_dir(&dir).unwrap().count() - 1;
         assert_eq!(extents, 2, "{sub}: expected two extent files");
         let r = roundtrip(&env, sub, &img, "vmdk", "vmdk");
@@ -373,25 +359,7 @@ fn vmdk_delta_chain() {
     let child = dir.join("child.vmdk");
     let grandchild = dir.join("grandchild.vmdk");
     // Relative parent names, as a VM folder has them.
-    let in_dir = |args: &[&str]| {
-        let o = std::process::Command::new("qemu-img")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-    };
-    in_dir(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        "child.vmdk",
-    ]);
+    create_overlay(dir, "vmdk", "base.vmdk", "child.vmdk");
     for cmd in [
         "write -P 0x5a 1M 64k",
         "write -P 0x5b 33M 3M",
@@ -400,17 +368,7 @@ fn vmdk_delta_chain() {
         sh("qemu-io", &["-f", "vmdk", "-c", cmd, s(&child)]);
     }
     roundtrip(&env, "child", &child, "vmdk", "vmdk");
-    in_dir(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-b",
-        "child.vmdk",
-        "-F",
-        "vmdk",
-        "grandchild.vmdk",
-    ]);
+    create_overlay(dir, "vmdk", "child.vmdk", "grandchild.vmdk");
     sh(
         "qemu-io",
         &["-f", "vmdk", "-c", "write -P 0x77 34M 4096", s(&grandchild)],

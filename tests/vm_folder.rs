@@ -13,16 +13,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Runs qemu-img in `dir`, so parent and backing names stay relative, as in a VM folder.
-fn qemu_img_in(dir: &Path, args: &[&str]) {
-    let o = Command::new("qemu-img")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "qemu-img {args:?}: {o:?}");
-}
-
 fn info(img: &Path) -> serde_json::Value {
     let o = Command::new("qemu-img")
         .args(["info", "--output=json", s(img)])
@@ -37,47 +27,13 @@ fn vm_folder(env: &Env) -> PathBuf {
     let dir = env.path("web01");
     std::fs::create_dir_all(&dir).unwrap();
     let raw = env.path("os.raw");
-    make_mixed_image(&raw, 96 * MIB, 3);
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=monolithicSparse",
-        s(&raw),
-        s(&dir.join("web01.vmdk")),
-    ]);
-    make_mixed_image(&raw, 64 * MIB, 4);
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=monolithicSparse",
-        s(&raw),
-        s(&dir.join("web01_1.vmdk")),
-    ]);
+    for (disk, size, seed) in [("web01.vmdk", 96 * MIB, 3), ("web01_1.vmdk", 64 * MIB, 4)] {
+        make_mixed_image(&raw, size, seed);
+        let sparse = ["-o", "subformat=monolithicSparse"];
+        convert_raw(&raw, "vmdk", &sparse, &dir.join(disk));
+    }
     std::fs::remove_file(&raw).unwrap();
-    qemu_img_in(
-        &dir,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-b",
-            "web01_1.vmdk",
-            "-F",
-            "vmdk",
-            "web01_1-000001.vmdk",
-        ],
-    );
+    create_overlay(&dir, "vmdk", "web01_1.vmdk", "web01_1-000001.vmdk");
     for cmd in ["write -P 0x5a 1M 64k", "write -P 0x5b 33M 3M"] {
         sh(
             "qemu-io",
@@ -281,30 +237,8 @@ fn folder_without_vmx_takes_chain_tops_and_restores_qcow2() {
     std::fs::create_dir_all(&dir).unwrap();
     let raw = env.path("base.raw");
     make_mixed_image(&raw, 80 * MIB, 5);
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        s(&raw),
-        s(&dir.join("base.qcow2")),
-    ]);
-    qemu_img_in(
-        &dir,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "top.qcow2",
-        ],
-    );
+    convert_raw(&raw, "qcow2", &[], &dir.join("base.qcow2"));
+    create_overlay(&dir, "qcow2", "base.qcow2", "top.qcow2");
     sh(
         "qemu-io",
         &[

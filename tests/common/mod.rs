@@ -329,3 +329,25 @@ pub fn qemu_raw(fmt: &str, src: &Path, dst: &Path) {
         dst.to_str().unwrap(),
     ]);
 }
+
+/// `qemu-img convert -q -f raw -O FMT [OPTS] RAW DST`: a raw image in another format.
+pub fn convert_raw(raw: &Path, fmt: &str, opts: &[&str], dst: &Path) {
+    let mut args = vec!["convert", "-q", "-f", "raw", "-O", fmt];
+    args.extend_from_slice(opts);
+    args.extend([raw.to_str().unwrap(), dst.to_str().unwrap()]);
+    qemu_img(&args);
+}
+
+/// `qemu-img create -f FMT -b BACKING -F FMT NAME`, run in `dir` so the backing (parent)
+/// name stays relative, as in a VM folder.
+pub fn create_overlay(dir: &Path, fmt: &str, backing: &str, name: &str) {
+    let o = Command::new("qemu-img")
+        .args(["create", "-q", "-f", fmt, "-b", backing, "-F", fmt, name])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "qemu-img create {name} over {backing}: {o:?}"
+    );
+}
