@@ -175,6 +175,17 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stored policy with a rule this build does not know is refused, not read as a
+    /// policy without that rule (which would remove what the rule keeps).
+    #[test]
+    fn unknown_rules_are_refused() {
+        let p: Policy = serde_json::from_str(r#"{"keep_daily":7}"#).unwrap();
+        assert_eq!(p.keep_daily, Some(7));
+        assert!(
+            serde_json::from_str::<Policy>(r#"{"keep_daily":7,"keep_fortnightly":2}"#).is_err()
+        );
+    }
     use chrono::{Duration, TimeZone};
     use std::collections::{BTreeMap, BTreeSet};
 

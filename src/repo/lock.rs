@@ -249,6 +249,24 @@ mod tests {
     use crate::backend::LocalBackend;
 
     #[test]
+    fn a_past_refresh_gap_fails_the_check_even_after_a_fresh_refresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()));
+        let l = Lock::acquire(b.clone(), LockKind::Shared, "backup").unwrap();
+        l.check().unwrap();
+        // As after a suspension: the refresher wrote just now, but had been silent for
+        // longer than others wait before calling the lock stale.
+        l.longest_gap
+            .store(STALE_AFTER.as_secs() as i64, Ordering::SeqCst);
+        let e = l.check().unwrap_err().to_string();
+        assert!(e.contains("not refreshed"), "{e}");
+        // A lock that `unlock` removed is lost.
+        let l = Lock::acquire(b.clone(), LockKind::Shared, "backup").unwrap();
+        b.delete(&l.name).unwrap();
+        assert!(l.check().unwrap_err().to_string().contains("lost"));
+    }
+
+    #[test]
     fn shared_and_exclusive() {
         let dir = tempfile::tempdir().unwrap();
         let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()));
