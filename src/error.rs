@@ -30,6 +30,14 @@ pub enum Error {
     Corrupt { object: String, detail: String },
     #[error("{0}")]
     Locked(String),
+    /// Guest data (a partition table, a filesystem inside a disk image) is damaged or
+    /// hostile: it is reported, never trusted.
+    #[error("{0}")]
+    Guest(String),
+    /// Guest data cairn recognises but does not read (an encrypted volume, an unsupported
+    /// filesystem feature); the message names the volume and the reason.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]

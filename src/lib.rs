@@ -6,12 +6,14 @@
 
 pub mod backend;
 pub mod backup;
+pub mod blockdev;
 pub mod check;
 pub mod chunker;
 pub mod cli;
 pub mod crypto;
 pub mod error;
 pub mod forget;
+pub mod fs;
 pub mod gc;
 pub mod id;
 pub mod image;
@@ -21,6 +23,12 @@ pub mod restore;
 pub mod retention;
 pub mod snapshot;
 pub mod vm;
+
+#[cfg(test)]
+mod testalloc;
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: testalloc::Tracking = testalloc::Tracking;
 
 pub use error::{Error, Result};
 pub use id::Id;
