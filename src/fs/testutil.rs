@@ -2,7 +2,7 @@
 //! host folder the image was built from, and hammer a reader with mutated images.
 
 use super::{FileType, Filesystem, Ino, Meta};
-use crate::blockdev::{BlockRead, MemDisk};
+use crate::blockdev::BlockRead;
 use crate::Result;
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -188,12 +188,57 @@ pub struct FuzzStats {
     pub errors: usize,
 }
 
-/// Opens and walks mutated copies of `image` with `open`: every case must end in Ok or an
-/// error, within `limit` time and without any single allocation above 256 MiB. Mutations
-/// land mostly in `hot` (the metadata: superblocks, tables, the first blocks), some
-/// anywhere. Panics, hangs and huge allocations fail the test, naming the case's seed.
+/// An image with a few bytes changed, without copying it: the base is shared by every case.
+struct Patched {
+    base: Arc<Vec<u8>>,
+    patch: BTreeMap<u64, u8>,
+}
+
+impl BlockRead for Patched {
+    fn size(&self) -> u64 {
+        self.base.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        MemDiskRef(&self.base).read_at(offset, buf)?;
+        for (&at, &v) in self.patch.range(offset..offset + buf.len() as u64) {
+            buf[(at - offset) as usize] = v;
+        }
+        Ok(())
+    }
+}
+
+struct MemDiskRef<'a>(&'a [u8]);
+
+impl MemDiskRef<'_> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if !crate::blockdev::fits(offset, buf.len(), self.0.len() as u64) {
+            return Err(crate::blockdev::past_end(
+                "image",
+                offset,
+                buf.len(),
+                self.0.len() as u64,
+            ));
+        }
+        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+}
+
+/// How many mutation cases to run: `$CAIRN_FUZZ_CASES`, else `default`.
+pub fn fuzz_cases(default: usize) -> usize {
+    std::env::var("CAIRN_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Opens and walks mutated versions of `image` with `open`: every case must end in Ok or an
+/// error, within 20 s and without any single allocation above 256 MiB. Mutations land
+/// mostly in `hot` (the metadata: superblocks, tables, the first blocks), some anywhere.
+/// Panics, hangs and huge allocations fail the test, naming the case and seed.
 pub fn mutate<F>(
-    image: &[u8],
+    image: Vec<u8>,
     hot: &[std::ops::Range<usize>],
     cases: usize,
     seed: u64,
@@ -202,6 +247,9 @@ pub fn mutate<F>(
 where
     F: Fn(Arc<dyn BlockRead>) -> Result<Arc<dyn Filesystem>> + Send + Sync + 'static + Clone,
 {
+    let base = Arc::new(image);
+    let len = base.len();
+    assert!(len > 0);
     let mut stats = FuzzStats::default();
     let mut rng = seed | 1;
     let mut next = move || {
@@ -211,32 +259,35 @@ where
         rng
     };
     for case in 0..cases {
-        let mut img = image.to_vec();
+        let mut patch = BTreeMap::new();
         let flips = 1 + next() % 8;
         for _ in 0..flips {
             let region = if !hot.is_empty() && next() % 8 != 0 {
                 hot[(next() % hot.len() as u64) as usize].clone()
             } else {
-                0..img.len()
+                0..len
             };
             let span = region.end.saturating_sub(region.start).max(1);
-            let at = (region.start + (next() as usize % span)).min(img.len() - 1);
+            let at = (region.start + (next() as usize % span)).min(len - 1);
             let n = (1 + next() % 4) as usize;
-            for i in at..(at + n).min(img.len()) {
-                img[i] = match next() % 5 {
+            for i in at..(at + n).min(len) {
+                let old = base[i];
+                let v = match next() % 5 {
                     0 => 0,
                     1 => 0xff,
-                    2 => img[i] ^ (1 << (next() % 8)),
+                    2 => old ^ (1 << (next() % 8)),
                     _ => next() as u8,
                 };
+                patch.insert(i as u64, v);
             }
         }
         let open = open.clone();
+        let base = base.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             crate::testalloc::reset();
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let dev: Arc<dyn BlockRead> = Arc::new(MemDisk(img));
+                let dev: Arc<dyn BlockRead> = Arc::new(Patched { base, patch });
                 match open(dev) {
                     Ok(fs) => {
                         let _ = bounded_walk(fs.as_ref());
