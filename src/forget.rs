@@ -105,6 +105,9 @@ impl GroupBy {
 }
 
 pub struct ForgetOptions {
+    /// Snapshots named on the command line (id prefixes): removed whatever the policies say,
+    /// damaged ones too. When given, no policy applies.
+    pub ids: Vec<String>,
     /// The policy from the command line; None means the stored policies.
     pub policy: Option<Policy>,
     pub vm: Option<String>,
@@ -137,22 +140,29 @@ pub struct ForgetReport {
     pub groups: Vec<GroupReport>,
     pub kept: usize,
     pub removed: usize,
+    /// Snapshot files that cannot be read: no policy can judge them, so they stay until
+    /// named (`cairn forget ID`) or repaired.
+    pub damaged: Vec<snapshot::Damaged>,
 }
 
 pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
-    if opts.policy.as_ref().is_some_and(Policy::is_empty) {
+    if opts.ids.is_empty() && opts.policy.as_ref().is_some_and(Policy::is_empty) {
         return Err(Error::Usage(
-            "no keep rule given; that would remove every snapshot. Give --keep-* options or --policy".into(),
+            "no keep rule given; that would remove every snapshot. Give --keep-* options, --policy, or the snapshots to remove".into(),
         ));
     }
     let _lock = repo.lock(LockKind::Shared, "forget")?;
+    let protected = protected_ids(repo)?;
+    let loaded = snapshot::load_all(repo)?;
+    if !opts.ids.is_empty() {
+        return forget_named(repo, loaded, &opts.ids, &protected, opts.dry_run);
+    }
     let stored = match opts.policy {
         Some(_) => Vec::new(),
         None => load_policies(repo)?,
     };
-    let protected = protected_ids(repo)?;
     let mut groups: BTreeMap<String, Vec<(Id, Snapshot)>> = BTreeMap::new();
-    for (id, s) in snapshot::load_all(repo)? {
+    for (id, s) in loaded.snapshots {
         if opts.vm.as_ref().is_none_or(|v| &s.vm == v) {
             groups
                 .entry(opts.group_by.key(&s))
@@ -165,6 +175,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
         groups: Vec::new(),
         kept: 0,
         removed: 0,
+        damaged: loaded.damaged,
     };
     for (group, snaps) in groups {
         let (policy, pattern) = match &opts.policy {
@@ -219,4 +230,97 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
         report.groups.push(g);
     }
     Ok(report)
+}
+
+/// `forget ID…`: removes exactly the named snapshots, readable or damaged. Each id prefix
+/// must name one snapshot; a protected one is refused.
+fn forget_named(
+    repo: &Repository,
+    loaded: snapshot::Loaded,
+    ids: &[String],
+    protected: &HashSet<Id>,
+    dry_run: bool,
+) -> Result<ForgetReport> {
+    // (file name, hex id, vm, time) of every snapshot file.
+    let all: Vec<(String, String, String, String)> = loaded
+        .snapshots
+        .iter()
+        .map(|(id, s)| {
+            (
+                format!("snapshots/{id}"),
+                id.to_hex(),
+                s.vm.clone(),
+                s.time.clone(),
+            )
+        })
+        .chain(loaded.damaged.iter().map(|d| {
+            let hex =
+                d.id.clone()
+                    .unwrap_or_else(|| d.name.rsplit('/').next().unwrap_or("").to_string());
+            (d.name.clone(), hex, "(damaged)".to_string(), String::new())
+        }))
+        .collect();
+    let mut chosen = Vec::new();
+    for spec in ids {
+        let prefix = spec.to_ascii_lowercase();
+        let hits: Vec<&(String, String, String, String)> = all
+            .iter()
+            .filter(|a| !prefix.is_empty() && a.1.starts_with(&prefix))
+            .collect();
+        let hit = match hits.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(Error::Usage(format!(
+                    "no snapshot matches {spec:?}; see `cairn snapshots`"
+                )))
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "{} snapshots start with {spec:?}; give more digits",
+                    hits.len()
+                )))
+            }
+        };
+        if Id::from_hex(&hit.1).is_some_and(|id| protected.contains(&id)) {
+            return Err(Error::Usage(format!(
+                "snapshot {} is protected; `cairn unprotect {}` first",
+                &hit.1[..8.min(hit.1.len())],
+                &hit.1[..8.min(hit.1.len())]
+            )));
+        }
+        if !chosen.contains(&hit) {
+            chosen.push(hit);
+        }
+    }
+    let mut g = GroupReport {
+        group: "named".into(),
+        policy: None,
+        keep: Vec::new(),
+        remove: Vec::new(),
+    };
+    for (name, hex, vm, time) in chosen {
+        if !dry_run {
+            repo.backend.delete(name)?;
+        }
+        g.remove.push(Decision {
+            id: hex.clone(),
+            short_id: hex.chars().take(8).collect(),
+            vm: vm.clone(),
+            time: time.clone(),
+            reasons: Vec::new(),
+        });
+    }
+    let removed = g.remove.len();
+    let damaged = loaded
+        .damaged
+        .into_iter()
+        .filter(|d| !g.remove.iter().any(|r| d.name.ends_with(&r.id)))
+        .collect();
+    Ok(ForgetReport {
+        dry_run,
+        groups: vec![g],
+        kept: 0,
+        removed,
+        damaged,
+    })
 }

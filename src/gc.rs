@@ -81,7 +81,16 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let cache = repo.index_cache()?;
     let reader = cache.reader()?;
     let mut used: HashSet<Id> = HashSet::new();
-    let snapshots = snapshot::load_all(repo)?;
+    let loaded = snapshot::load_all(repo)?;
+    if let Some(d) = loaded.damaged.first() {
+        return Err(Error::Other(format!(
+            "prune stops: {} snapshot file(s) cannot be read ({}: {}), so prune cannot tell              which data they need and deletes nothing. Remove them with `cairn forget ID`              (or put back an intact copy), then prune again",
+            loaded.damaged.len(),
+            d.name,
+            d.error
+        )));
+    }
+    let snapshots = loaded.snapshots;
     rep.snapshots = snapshots.len();
     for (sid, snap) in &snapshots {
         for disk in snap.items() {

@@ -17,7 +17,7 @@ use crate::image::write::{DiskWriter, OutFormat};
 use crate::repo::cache::{BlobLoc, CacheReader};
 use crate::repo::pack::{open_blob, pack_name, BlobKind};
 use crate::repo::Repository;
-use crate::snapshot::{self, ChunkTable, Disk};
+use crate::snapshot::{self, ChunkTable, Disk, Name};
 use crate::{Error, Id, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -49,12 +49,15 @@ pub struct RestoreOptions {
     pub existing: Existing,
     /// Write every disk as a raw image, whatever its source format.
     pub raw: bool,
+    /// Restore `.vmx` files byte for byte, even where they name disks by paths outside
+    /// the target (by default those paths are rewritten to the restored disks).
+    pub keep_config: bool,
     pub quiet: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
 pub struct RestoredDisk {
-    pub name: String,
+    pub name: Name,
     pub path: PathBuf,
     /// "raw", "qcow2", "vmdk", or "file" for config files.
     pub format: &'static str,
@@ -70,7 +73,18 @@ pub struct RestoreReport {
     pub files: Vec<RestoredDisk>,
     /// Existing files left alone (`--existing keep`, or "no" at the prompt).
     pub kept: Vec<PathBuf>,
+    /// Disk paths changed in restored `.vmx` files so they open the restored disks.
+    pub config_rewritten: Vec<ConfigChange>,
+    pub warnings: Vec<String>,
     pub duration_secs: f64,
+}
+
+/// One `fileName` entry of a restored `.vmx` pointed at a restored disk.
+#[derive(Debug, serde::Serialize)]
+pub struct ConfigChange {
+    pub file: PathBuf,
+    #[serde(flatten)]
+    pub change: crate::vm::Rewritten,
 }
 
 /// One file to write: a disk or config file of the snapshot, where and how.
@@ -84,6 +98,11 @@ struct Output<'a> {
 pub fn run(repo: &Repository, spec: &str, opts: &RestoreOptions) -> Result<RestoreReport> {
     let started = Instant::now();
     let (id, snap) = snapshot::resolve(repo, spec)?;
+    // Decoding checked every name already; a restore checks again right before it writes,
+    // since a name is the one thing of a manifest that becomes a path.
+    if let Some(p) = snap.problem() {
+        return Err(Error::corrupt(format!("snapshot {}", id.short()), p));
+    }
     let mut outputs = plan(&snap, id, opts)?;
     let kept = resolve_existing(&mut outputs, opts.existing)?;
     if let Some(dir) = outputs.first().and_then(|o| o.path.parent()) {
@@ -96,7 +115,17 @@ pub fn run(repo: &Repository, spec: &str, opts: &RestoreOptions) -> Result<Resto
     let total = outputs.iter().map(|o| o.item.size).sum();
     let bar = crate::progress::bytes_bar(total, "restore", opts.quiet);
     let (mut disks, mut files) = (Vec::new(), Vec::new());
+    let mut warnings = Vec::new();
     for o in &outputs {
+        let lost: u64 = o.item.lost.iter().map(|l| l.1).sum();
+        if lost > 0 {
+            warnings.push(format!(
+                "{}: {} of it were lost to repository damage and `cairn repair snapshots` \
+                 replaced them with zeros",
+                o.item.name,
+                crate::cli::human(lost)
+            ));
+        }
         let written = restore_item(repo, &cache.reader()?, o, &|n| bar.inc(n)).map_err(|e| {
             Error::Other(format!(
                 "restore of snapshot {} (VM {}), {} failed; nothing was written to {}: {e}",
@@ -124,14 +153,69 @@ pub fn run(repo: &Repository, spec: &str, opts: &RestoreOptions) -> Result<Resto
         }
     }
     bar.finish_and_clear();
+    let config_rewritten = if opts.keep_config || opts.disk.is_some() {
+        Vec::new()
+    } else {
+        point_configs_at_restored_disks(&snap, &outputs)?
+    };
     Ok(RestoreReport {
         snapshot: id.to_hex(),
         vm: snap.vm.clone(),
         disks,
         files,
         kept,
+        config_rewritten,
+        warnings,
         duration_secs: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Rewrites the disk paths of restored `.vmx` files that name disks by another path than
+/// the restored file (a disk on another datastore, `../shared/data.vmdk`, an absolute path,
+/// a disk stored under a new name): a VM registered from the restored folder must open the
+/// restored disks, never the originals.
+fn point_configs_at_restored_disks(
+    snap: &snapshot::Snapshot,
+    outputs: &[Output],
+) -> Result<Vec<ConfigChange>> {
+    let map: Vec<(Name, Name)> = outputs
+        .iter()
+        .filter_map(|o| {
+            let from = o.item.config_ref.clone()?;
+            let to = Name::from_os(o.path.file_name()?);
+            Some((from, to))
+        })
+        .collect();
+    let mut out = Vec::new();
+    if map.is_empty() {
+        return Ok(out);
+    }
+    for o in outputs.iter().filter(|o| {
+        o.item.format == crate::vm::FILE_FORMAT
+            && o.item.name.lossy().to_ascii_lowercase().ends_with(".vmx")
+            && snap.files.contains(o.item)
+    }) {
+        let text = std::fs::read(&o.path)
+            .map_err(|e| Error::io(format!("reading {}", o.path.display()), e))?;
+        let (new, changes) = crate::vm::rewrite_vmx(&text, &map);
+        if changes.is_empty() {
+            continue;
+        }
+        let (dir, tmp) = partial_path(&o.path);
+        let res = (|| {
+            std::fs::create_dir(&dir)?;
+            std::fs::write(&tmp, &new)?;
+            File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &o.path)
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        res.map_err(|e| Error::io(format!("rewriting {}", o.path.display()), e))?;
+        out.extend(changes.into_iter().map(|change| ConfigChange {
+            file: o.path.clone(),
+            change,
+        }));
+    }
+    Ok(out)
 }
 
 /// Where each disk and file goes, in which format.
@@ -141,13 +225,17 @@ fn plan<'a>(
     opts: &RestoreOptions,
 ) -> Result<Vec<Output<'a>>> {
     if let Some(n) = &opts.disk {
-        let item = snap.disks.iter().find(|d| &d.name == n).ok_or_else(|| {
-            let names: Vec<_> = snap.disks.iter().map(|d| d.name.as_str()).collect();
-            Error::Usage(format!(
-                "snapshot {} has no disk {n:?}; it has {names:?}",
-                id.short()
-            ))
-        })?;
+        let item = snap
+            .disks
+            .iter()
+            .find(|d| d.name == *n.as_str())
+            .ok_or_else(|| {
+                let names: Vec<String> = snap.disks.iter().map(|d| d.name.to_string()).collect();
+                Error::Usage(format!(
+                    "snapshot {} has no disk {n:?}; it has {names:?}",
+                    id.short()
+                ))
+            })?;
         // An existing folder (or a path ending in '/') receives the disk under its name;
         // anything else (a block device, a file, a new name) receives its raw content.
         use std::os::unix::ffi::OsStrExt;
@@ -171,7 +259,7 @@ fn plan<'a>(
         .collect();
     out.extend(snap.files.iter().map(|f| Output {
         item: f,
-        path: opts.target.join(&f.name),
+        path: opts.target.join(f.name.as_os()),
         format: OutFormat::Raw,
         device: false,
     }));
@@ -184,12 +272,15 @@ fn disk_output<'a>(d: &'a Disk, dir: &Path, raw: bool) -> Output<'a> {
     let native = OutFormat::for_source(&d.format);
     let format = if raw { OutFormat::Raw } else { native };
     let name = if format == OutFormat::Raw && d.format != "raw" {
-        let stem = Path::new(&d.name)
+        let stem = Path::new(d.name.as_os())
             .file_stem()
-            .map_or_else(|| d.name.clone(), |s| s.to_string_lossy().into_owned());
-        format!("{stem}.raw")
+            .unwrap_or(d.name.as_os())
+            .to_os_string();
+        let mut n = stem;
+        n.push(".raw");
+        n
     } else {
-        d.name.clone()
+        d.name.as_os().to_os_string()
     };
     Output {
         item: d,
@@ -275,15 +366,17 @@ fn ask(path: &Path) -> Result<Answer> {
 }
 
 /// A hidden folder next to `path` holding the file being written under its final name
-/// (a VMDK names its own file inside), renamed into place when complete.
+/// (a VMDK names its own file inside), renamed into place when complete. The folder's
+/// name has a fixed length, so a name of up to 255 bytes still fits inside it.
 fn partial_path(path: &Path) -> (PathBuf, PathBuf) {
     let name = path
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    let mut hidden = std::ffi::OsString::from(".");
-    hidden.push(&name);
-    hidden.push(".cairn-partial");
+    let hidden = format!(
+        ".cairn-partial-{}",
+        hex::encode(crate::crypto::random_bytes::<6>())
+    );
     let dir = path.with_file_name(hidden);
     let file = dir.join(&name);
     (dir, file)
@@ -306,7 +399,6 @@ fn restore_item(
     }
     let (tmp_dir, tmp) = partial_path(&out.path);
     let res = (|| {
-        let _ = std::fs::remove_dir_all(&tmp_dir); // left by a killed restore
         std::fs::create_dir(&tmp_dir)
             .map_err(|e| Error::io(format!("creating {}", tmp_dir.display()), e))?;
         let w = crate::image::write::create(out.format, &tmp, out.item.size)?;

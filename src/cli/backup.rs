@@ -1,5 +1,7 @@
-use super::{human, Cli};
+use super::{human, plural, Cli};
 use crate::backup::{self, BackupOptions};
+use crate::image::Format;
+use crate::vm::SourceOptions;
 use crate::Result;
 use std::path::PathBuf;
 
@@ -20,10 +22,29 @@ pub struct Args {
     /// Read every disk even if its file looks unchanged since the last snapshot.
     #[arg(long)]
     force_read: bool,
+    /// The format of the disks (raw, qcow2, vmdk, vhd, vhdx), for all (`--format raw`) or one
+    /// (`--format disk0.img=raw`; repeat for more). Without it a disk's format comes from
+    /// the .vmx naming it or from its name and content agreeing; raw disks are never probed.
+    #[arg(long = "format", value_name = "[DISK=]FORMAT", value_parser = parse_format)]
+    formats: Vec<(Option<String>, Format)>,
+    /// Follow backing files and extents that lie outside the folder of the image naming
+    /// them (refused by default: an image must not make the backup read other files).
+    #[arg(long)]
+    allow_backing_outside: bool,
     /// Disk images (raw, qcow2, VMDK, VHD, VHDX, block devices) or VM folders (the disks
     /// the .vmx names, plus the config files; lock files, swap and logs are skipped).
     #[arg(required = true, value_name = "DISK|FOLDER")]
     disks: Vec<PathBuf>,
+}
+
+fn parse_format(s: &str) -> std::result::Result<(Option<String>, Format), String> {
+    let (disk, f) = match s.rsplit_once('=') {
+        Some((d, f)) => (Some(d.to_string()), f),
+        None => (None, s),
+    };
+    let f = Format::parse(f)
+        .ok_or_else(|| format!("{f:?} is not a format: raw, qcow2, vmdk, vhd or vhdx"))?;
+    Ok((disk, f))
 }
 
 fn parse_time(s: &str) -> std::result::Result<String, String> {
@@ -42,9 +63,21 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
         tags: a.tags.clone(),
         time: a.time.clone().unwrap_or_else(backup::now_rfc3339),
         force_read: a.force_read,
+        sources: SourceOptions {
+            format: a.formats.iter().find(|(d, _)| d.is_none()).map(|(_, f)| *f),
+            per_disk: a
+                .formats
+                .iter()
+                .filter_map(|(d, f)| Some((d.clone()?, *f)))
+                .collect(),
+            allow_backing_outside: a.allow_backing_outside,
+        },
         quiet: cli.quiet,
     };
     let r = backup::run(&repo, &a.disks, &opts)?;
+    for w in &r.warnings {
+        eprintln!("cairn: warning: {w}");
+    }
     if !cli.quiet && !cli.json {
         for s in &r.skipped {
             eprintln!("skipped {}: {}", s.path.display(), s.reason);
@@ -54,16 +87,27 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
         cli.print_json(&r);
     } else {
         println!(
-            "snapshot {} saved (VM {}, {} disks, {} config files)",
+            "snapshot {} saved (VM {}, {}, {})",
             &r.snapshot[..8],
             r.vm,
-            r.disks,
-            r.files
+            plural(r.disks, "disk"),
+            plural(r.files, "config file")
         );
+        for it in r.items.iter().filter(|i| i.format_source.is_some()) {
+            let mut line = format!("  {}: {}", it.name, it.format);
+            if !it.follows.is_empty() {
+                let f: Vec<String> = it.follows.iter().map(|p| p.display().to_string()).collect();
+                line.push_str(&format!(", reads {}", f.join(", ")));
+            }
+            if it.unchanged {
+                line.push_str(", unchanged");
+            }
+            println!("{line}");
+        }
         if r.disks_unchanged > 0 {
             println!(
-                "  {} disks unchanged since the parent snapshot, not read",
-                r.disks_unchanged
+                "  {} unchanged since the parent snapshot, not read",
+                plural(r.disks_unchanged, "disk")
             );
         }
         println!(

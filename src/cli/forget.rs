@@ -13,13 +13,16 @@ pub struct KeepArgs {
     /// Keep the newest snapshot of each of the last N hours that have one.
     #[arg(long)]
     keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have one.
     #[arg(long)]
     keep_daily: Option<u32>,
-    /// ISO 8601 weeks.
+    /// Keep the newest snapshot of each of the last N ISO 8601 weeks that have one.
     #[arg(long)]
     keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months that have one.
     #[arg(long)]
     keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years that have one.
     #[arg(long)]
     keep_yearly: Option<u32>,
     /// Keep everything younger than this, relative to the newest snapshot (e.g. 10d, 2w).
@@ -47,6 +50,9 @@ impl KeepArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Snapshots to remove (id prefixes), whatever the policies say; damaged ones too.
+    #[arg(value_name = "SNAPSHOT", conflicts_with_all = ["policy", "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within", "keep_tags", "vm"])]
+    ids: Vec<String>,
     #[command(flatten)]
     keep: KeepArgs,
     /// Apply the policies stored in the repository (`cairn policy set`) instead of keep-* options.
@@ -72,12 +78,21 @@ pub struct Args {
 pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
     let repo = cli.open()?;
     let opts = ForgetOptions {
+        ids: a.ids.clone(),
         policy: (!a.policy).then(|| a.keep.policy()),
         vm: a.vm.clone(),
         group_by: a.group_by,
         dry_run: a.dry_run,
     };
     let report = forget::forget(&repo, &opts)?;
+    for d in &report.damaged {
+        eprintln!(
+            "cairn: warning: {} cannot be read and was left alone ({}); remove it with `cairn forget {}`",
+            d.name,
+            d.error,
+            d.id.as_deref().map_or("ID", |i| &i[..8.min(i.len())])
+        );
+    }
     let pruned = if a.prune {
         let p = PruneOptions {
             max_unused: a.max_unused,

@@ -141,6 +141,15 @@ impl Cli {
     }
 }
 
+/// "1 disk", "2 disks".
+pub fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 /// Bytes as users read them (KiB, MiB, GiB).
 pub fn human(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()

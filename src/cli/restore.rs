@@ -20,6 +20,10 @@ pub struct Args {
     /// Disk format to write: `native` (qcow2 as qcow2, VMDK as VMDK, raw as raw) or `raw`.
     #[arg(long, value_enum, default_value = "native")]
     format: Format,
+    /// Restore the .vmx byte for byte; by default disk paths in it that do not name the
+    /// restored disks (another datastore, an absolute path) are rewritten to them.
+    #[arg(long)]
+    keep_config: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -35,9 +39,13 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
         disk: a.disk.clone(),
         existing: a.existing,
         raw: a.format == Format::Raw,
+        keep_config: a.keep_config,
         quiet: cli.quiet,
     };
     let r = restore::run(&repo, &a.snapshot, &opts)?;
+    for w in &r.warnings {
+        eprintln!("cairn: warning: {w}");
+    }
     if cli.json {
         cli.print_json(&r);
     } else {
@@ -52,8 +60,17 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
             );
         }
         if !r.files.is_empty() {
-            let names: Vec<&str> = r.files.iter().map(|f| f.name.as_str()).collect();
+            let names: Vec<String> = r.files.iter().map(|f| f.name.to_string()).collect();
             println!("restored config files: {}", names.join(", "));
+        }
+        for c in &r.config_rewritten {
+            println!(
+                "rewrote {} in {}: {} -> {} (the restored disk; --keep-config keeps the original)",
+                c.change.key,
+                c.file.display(),
+                c.change.from,
+                c.change.to
+            );
         }
         for k in &r.kept {
             println!("kept existing {}", k.display());

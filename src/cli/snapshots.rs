@@ -35,7 +35,12 @@ struct DiskRow {
 pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
     let repo = cli.open()?;
     let protected = crate::forget::protected_ids(&repo)?;
-    let rows: Vec<Row> = snapshot::load_all(&repo)?
+    let loaded = snapshot::load_all(&repo)?;
+    if let Some(w) = loaded.warning() {
+        eprintln!("cairn: warning: {w}");
+    }
+    let rows: Vec<Row> = loaded
+        .snapshots
         .into_iter()
         .filter(|(_, s)| a.vm.as_ref().is_none_or(|v| &s.vm == v))
         .map(|(id, s)| Row {
@@ -52,12 +57,12 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
                 .disks
                 .into_iter()
                 .map(|d| DiskRow {
-                    name: d.name,
+                    name: d.name.to_string(),
                     format: d.format,
                     size: d.size,
                 })
                 .collect(),
-            files: s.files.into_iter().map(|f| f.name).collect(),
+            files: s.files.into_iter().map(|f| f.name.to_string()).collect(),
         })
         .collect();
     if cli.json {
@@ -80,6 +85,6 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
             human(r.logical_size)
         );
     }
-    println!("{} snapshots (* protected)", rows.len());
+    println!("{} (* protected)", super::plural(rows.len(), "snapshot"));
     Ok(0)
 }

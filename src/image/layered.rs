@@ -7,6 +7,7 @@
 
 use super::host::HostFile;
 use super::{DiskImage, SourceStamp};
+use crate::blockdev::BlockRead;
 use crate::{Error, Result};
 use std::io::Read;
 use std::ops::Range;
@@ -259,13 +260,9 @@ fn add(out: &mut Vec<Range<u64>>, r: Range<u64>) {
     }
 }
 
-impl<L: Layout> DiskImage for Layered<L> {
+impl<L: Layout> BlockRead for Layered<L> {
     fn size(&self) -> u64 {
         self.layout.size()
-    }
-
-    fn format(&self) -> &'static str {
-        self.format
     }
 
     fn allocated(&self, range: Range<u64>) -> Result<Vec<Range<u64>>> {
@@ -363,6 +360,12 @@ impl<L: Layout> DiskImage for Layered<L> {
             }
         }
         Ok(())
+    }
+}
+
+impl<L: Layout> DiskImage for Layered<L> {
+    fn format(&self) -> &'static str {
+        self.format
     }
 
     fn stamp(&self) -> Option<SourceStamp> {

@@ -15,6 +15,7 @@
 
 mod host;
 mod layered;
+pub mod probe;
 mod qcow2;
 mod raw;
 mod vhd;
@@ -24,12 +25,13 @@ pub mod write;
 mod write_qcow2;
 mod write_vmdk;
 
+pub use probe::{Format, Source};
 pub use raw::RawImage;
 pub use write::{create, DiskWriter, OutFormat};
 
+pub use crate::blockdev::BlockRead;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// What identifies an unchanged source file between two backups: if all of it matches the
@@ -45,15 +47,11 @@ pub struct SourceStamp {
     pub ctime_ns: i64,
 }
 
-pub trait DiskImage: Send + Sync {
-    /// The guest-visible size in bytes.
-    fn size(&self) -> u64;
+/// A source disk: the guest-visible bytes and allocation ([`BlockRead`]), plus what a backup
+/// records about where they came from.
+pub trait DiskImage: BlockRead {
     /// "raw", "vmdk", "qcow2", …
     fn format(&self) -> &'static str;
-    /// Allocated ranges intersecting `range`, clipped to it, sorted and disjoint.
-    fn allocated(&self, range: Range<u64>) -> Result<Vec<Range<u64>>>;
-    /// Fills `buf` from guest offset `offset`; a short read is an error.
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
     /// Identity of the source for change detection; None for block devices.
     fn stamp(&self) -> Option<SourceStamp>;
     /// Every host file the guest view is read from: extents, parents, backing files. A VM
@@ -64,76 +62,63 @@ pub trait DiskImage: Send + Sync {
 /// How deep a chain of backing files / parents may go; deeper means a loop or damage.
 pub(crate) const MAX_CHAIN: usize = 64;
 
-/// Opens a disk image, recognising its format from its first bytes (and, for a fixed VHD,
-/// which has no header, from the footer in its last 512 bytes).
-pub fn open(path: &Path) -> Result<Box<dyn DiskImage>> {
-    open_chain(path, &[])
+/// Largest guest size accepted: 64 PiB.
+const MAX_SIZE: u64 = 1 << 56;
+
+/// A source disk opened for backup, with how its format was decided.
+pub struct Opened {
+    pub image: Box<dyn DiskImage>,
+    pub source: Source,
+    /// Set when the content looked like another format than the one used.
+    pub warning: Option<String>,
 }
 
-/// The formats a file's first bytes (or a fixed VHD's footer) can say.
-#[derive(Debug, PartialEq, Eq)]
-enum Detected {
-    Qcow2,
-    Vmdk,
-    Vhd,
-    Vhdx,
-    Raw,
+/// Where a backing chain is: the images above (canonical paths, to catch loops) and
+/// whether backing files and extents may live outside the folder of the image naming them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Chain {
+    above: Vec<PathBuf>,
+    allow_outside: bool,
 }
 
-fn read_head(path: &Path) -> Result<(std::fs::File, [u8; 512], usize)> {
-    use std::io::Read;
-    let mut head = [0u8; 512];
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| Error::io(format!("opening disk image {}", path.display()), e))?;
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
-        }
-    }
-    Ok((f, head, n))
-}
-
-fn detect(path: &Path) -> Result<Detected> {
-    let (f, head, n) = read_head(path)?;
-    let head = &head[..n];
-    let starts = |m: &[u8]| head.starts_with(m);
-    if let Some(kind) = detect_unsupported(head) {
-        return Err(Error::Usage(format!(
-            "{} is a {kind} image; this cairn reads raw, qcow2, VMDK, VHD and VHDX images \
-             and block devices. Convert it first: qemu-img convert -O qcow2 {} disk.qcow2",
-            path.display(),
-            path.display()
-        )));
-    }
-    Ok(if starts(b"QFI\xfb") {
-        Detected::Qcow2
-    } else if starts(b"KDMV") || starts(b"COWD") || starts(b"# Disk DescriptorFile") {
-        Detected::Vmdk
-    } else if starts(b"vhdxfile") {
-        Detected::Vhdx
-    } else if starts(b"conectix") || vhd::has_footer(&f) {
-        Detected::Vhd
-    } else {
-        Detected::Raw
+/// Opens a source disk. Its format comes from `given` (`--format`), from the hypervisor's
+/// configuration (`config`: a `.vmx` names it, so it is a VMDK), or from its name and
+/// content agreeing; see [`probe`] for why content alone is never enough.
+pub fn open_disk(
+    path: &Path,
+    given: Option<Format>,
+    config: bool,
+    allow_outside: bool,
+) -> Result<Opened> {
+    let choice = probe::choose(path, given.map(|f| (f, Source::Given)), config)?;
+    let chain = Chain {
+        above: Vec::new(),
+        allow_outside,
+    };
+    Ok(Opened {
+        image: open_format(path, choice.format, &chain)?,
+        source: choice.source,
+        warning: choice.warning,
     })
 }
 
-/// True if `path` starts like a VMDK (sparse extent or descriptor).
-pub(crate) fn looks_like_vmdk(path: &Path) -> bool {
-    matches!(detect(path), Ok(Detected::Vmdk))
+/// Opens an image whose name and content agree on its format (tests, tools).
+pub fn open(path: &Path) -> Result<Box<dyn DiskImage>> {
+    Ok(open_disk(path, None, false, false)?.image)
 }
 
-/// Opens an image below the images `above` (canonical paths) in a backing chain.
-pub(crate) fn open_chain(path: &Path, above: &[PathBuf]) -> Result<Box<dyn DiskImage>> {
-    let img: Box<dyn DiskImage> = match detect(path)? {
-        Detected::Qcow2 => qcow2::open(path, above)?,
-        Detected::Vmdk => vmdk::open(path, above)?,
-        Detected::Vhd => vhd::open(path)?,
-        Detected::Vhdx => vhdx::open(path)?,
-        Detected::Raw => Box::new(RawImage::open(path)?),
+/// Opens `path` as `format`, below the images of `chain`.
+pub(crate) fn open_format(
+    path: &Path,
+    format: Format,
+    chain: &Chain,
+) -> Result<Box<dyn DiskImage>> {
+    let img: Box<dyn DiskImage> = match format {
+        Format::Qcow2 => qcow2::open(path, chain)?,
+        Format::Vmdk => vmdk::open(path, chain)?,
+        Format::Vhd => vhd::open(path)?,
+        Format::Vhdx => vhdx::open(path)?,
+        Format::Raw => Box::new(RawImage::open(path)?),
     };
     // No format allows more (qcow2 tops out at 2^56 bytes of host offsets, VHDX at
     // 64 TiB); a bigger size is a damaged header, and refusing it keeps every guest
@@ -149,78 +134,96 @@ pub(crate) fn open_chain(path: &Path, above: &[PathBuf]) -> Result<Box<dyn DiskI
     Ok(img)
 }
 
-/// `above` with `path` appended: the chain for opening `path`'s backing file. Refuses a
+/// `chain` with `path` appended: the chain for opening `path`'s backing file. Refuses a
 /// file that is already above (a loop) and chains deeper than [`MAX_CHAIN`].
-pub(crate) fn descend(path: &Path, above: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn descend(path: &Path, chain: &Chain) -> Result<Chain> {
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    if above.contains(&canon) {
+    if chain.above.contains(&canon) {
         return Err(Error::Other(format!(
             "{}: the backing chain loops back to this file",
             path.display()
         )));
     }
-    if above.len() >= MAX_CHAIN {
+    if chain.above.len() >= MAX_CHAIN {
         return Err(Error::Other(format!(
             "{}: the backing chain is deeper than {MAX_CHAIN} images",
             path.display()
         )));
     }
-    let mut next = above.to_vec();
-    next.push(canon);
+    let mut next = chain.clone();
+    next.above.push(canon);
     Ok(next)
 }
 
-/// Largest guest size accepted: 64 PiB.
-const MAX_SIZE: u64 = 1 << 56;
-
-/// Opens a backing file; `format` is what the referring image says it is (qcow2's backing
-/// format extension), and wins over detection the way it does in qemu: a backing file
-/// declared raw is read raw even if its content looks like another format.
-pub(crate) fn open_backing(
-    path: &Path,
-    format: Option<&str>,
-    above: &[PathBuf],
-) -> Result<Box<dyn DiskImage>> {
-    let want = match format {
-        None | Some("") => return open_chain(path, above),
-        Some("raw") | Some("file") | Some("host_device") => {
-            return Ok(Box::new(RawImage::open(path)?))
-        }
-        Some("qcow2") => Detected::Qcow2,
-        Some("vmdk") => Detected::Vmdk,
-        Some("vpc") => Detected::Vhd,
-        Some("vhdx") => Detected::Vhdx,
-        Some(other) => {
-            return Err(Error::Usage(format!(
-                "backing file {} has format {other}, which cairn does not read",
-                path.display()
-            )))
-        }
+/// The file that image `referrer` names as `name` (a backing file, parent or extent):
+/// relative names are relative to the referrer's folder, and the file must lie inside
+/// that folder unless the user allowed otherwise, so an image cannot make a backup read
+/// `/etc/shadow` or another VM's disk.
+pub(crate) fn linked(referrer: &Path, name: &str, chain: &Chain) -> Result<PathBuf> {
+    let p = host::relative_to(referrer, name);
+    if chain.allow_outside {
+        return Ok(p);
+    }
+    let dir = referrer
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let (Ok(dir), Ok(target)) = (std::fs::canonicalize(dir), std::fs::canonicalize(&p)) else {
+        return Ok(p); // opening it fails with a message naming it
     };
-    let found = detect(path)?;
-    if found != want {
-        return Err(Error::Other(format!(
-            "backing file {} is declared {} but looks like {found:?}",
-            path.display(),
-            format.unwrap_or_default()
+    if !target.starts_with(&dir) {
+        return Err(Error::Usage(format!(
+            "{} names {name} ({}), which is outside its folder {}; cairn follows backing              files and extents only inside the folder of the image that names them. Pass              --allow-backing-outside if this is intended",
+            referrer.display(),
+            target.display(),
+            dir.display()
         )));
     }
-    open_chain(path, above)
+    Ok(p)
 }
 
-/// Formats recognised only to be refused by name.
-fn detect_unsupported(head: &[u8]) -> Option<&'static str> {
-    let starts = |m: &[u8]| head.starts_with(m);
-    if starts(b"QED\0") {
-        Some("QED")
-    } else if starts(b"WithoutFreeSpace") || starts(b"WithouFreSpacExt") {
-        Some("Parallels")
-    } else if head.get(64..68) == Some(&[0x7f, 0x10, 0xda, 0xbe]) {
-        Some("VDI")
-    } else if starts(b"QFI\xfb") && head.get(4..8).is_some_and(|v| v == [0, 0, 0, 1]) {
-        Some("qcow (version 1)")
-    } else {
-        None
+/// Opens the backing file (or parent) `name` of `referrer`. Its format is what the
+/// referrer records (qcow2's backing format extension, a VMDK delta's parent), else what
+/// its name and content agree on; a backing file whose format cannot be told that way is
+/// refused, since there is no `--format` for it.
+pub(crate) fn open_backing(
+    referrer: &Path,
+    name: &str,
+    format: Option<&str>,
+    chain: &Chain,
+) -> Result<Box<dyn DiskImage>> {
+    let path = linked(referrer, name, chain)?;
+    let given = match format {
+        None | Some("") => None,
+        Some(f) => Some((
+            Format::parse(f).ok_or_else(|| {
+                Error::Usage(format!(
+                    "backing file {} has format {f}, which cairn does not read",
+                    path.display()
+                ))
+            })?,
+            Source::Referrer,
+        )),
+    };
+    let choice = probe::choose(&path, given, false).map_err(|e| fix_backing_hint(e, referrer))?;
+    if let Some(w) = choice.warning {
+        return Err(Error::Usage(format!(
+            "{w}. {} records no format for this backing file, so cairn cannot be told; record              it with `qemu-img rebase -u -b {name} -F FORMAT {}`",
+            referrer.display(),
+            referrer.display()
+        )));
+    }
+    open_format(&path, choice.format, chain)
+}
+
+/// A backing file has no `--format`: point at qemu-img instead.
+fn fix_backing_hint(e: Error, referrer: &Path) -> Error {
+    match e {
+        Error::Usage(m) => Error::Usage(format!(
+            "{m} (it is the backing file of {}; record its format with `qemu-img rebase -u -F`)",
+            referrer.display()
+        )),
+        e => e,
     }
 }
 

@@ -13,7 +13,7 @@ use super::layered::{push, Codec, Compressed, Kind, Layered, Layout};
 use super::DiskImage;
 use crate::{Error, Result};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const MAGIC: &[u8; 4] = b"QFI\xfb";
 /// Bits of an L1/L2 entry that hold a cluster-aligned host offset.
@@ -55,21 +55,23 @@ struct Links {
     backing_format: Option<String>,
 }
 
-pub(super) fn open(path: &Path, above: &[PathBuf]) -> Result<Box<dyn DiskImage>> {
+pub(super) fn open(path: &Path, above: &super::Chain) -> Result<Box<dyn DiskImage>> {
     let chain = super::descend(path, above)?;
     let file = HostFile::open(path)?;
     let (q, links) = Qcow2::parse(file)?;
     let backing = match links.backing {
         None => None,
         Some(name) => {
-            let bpath = super::host::relative_to(path, &name);
-            let img = super::open_backing(&bpath, links.backing_format.as_deref(), &chain)
+            let img = super::open_backing(path, &name, links.backing_format.as_deref(), &chain)
                 .map_err(|e| {
-                    Error::Other(format!(
-                        "{}: its backing file {name} ({}) cannot be used: {e}",
-                        path.display(),
-                        bpath.display()
-                    ))
+                    let msg = format!(
+                        "{}: its backing file {name} cannot be used: {e}",
+                        path.display()
+                    );
+                    match e {
+                        Error::Usage(_) => Error::Usage(msg),
+                        _ => Error::Other(msg),
+                    }
                 })?;
             Some(img)
         }

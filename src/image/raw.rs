@@ -3,6 +3,7 @@
 
 use super::host::HostFile;
 use super::{DiskImage, SourceStamp};
+use crate::blockdev::BlockRead;
 use crate::{Error, Result};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -24,13 +25,9 @@ impl RawImage {
     }
 }
 
-impl DiskImage for RawImage {
+impl BlockRead for RawImage {
     fn size(&self) -> u64 {
         self.host.len()
-    }
-
-    fn format(&self) -> &'static str {
-        "raw"
     }
 
     fn allocated(&self, range: Range<u64>) -> Result<Vec<Range<u64>>> {
@@ -58,6 +55,12 @@ impl DiskImage for RawImage {
                 )
             }
         })
+    }
+}
+
+impl DiskImage for RawImage {
+    fn format(&self) -> &'static str {
+        "raw"
     }
 
     fn stamp(&self) -> Option<SourceStamp> {

@@ -12,12 +12,12 @@
 //! Grain directories are loaded at open (4 bytes per 32 MiB of disk with the usual
 //! 64 KiB grains); grain table entries are read on demand, only the slice a call needs.
 
-use super::host::{le16, le32, le64, relative_to, HostFile};
+use super::host::{le16, le32, le64, HostFile};
 use super::layered::{push, Codec, Compressed, Extent, Kind, Layered, Layout};
-use super::DiskImage;
+use super::{Chain, DiskImage};
 use crate::{Error, Result};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const SECTOR: u64 = 512;
 /// Header gdOffset meaning "the grain directory is described by the footer".
@@ -121,12 +121,12 @@ impl Header {
     }
 }
 
-pub(super) fn open(path: &Path, above: &[PathBuf]) -> Result<Box<dyn DiskImage>> {
+pub(super) fn open(path: &Path, above: &Chain) -> Result<Box<dyn DiskImage>> {
     Ok(Box::new(open_vmdk(path, above)?.0))
 }
 
 /// Opens a VMDK and its parents; also returns its CID, which a child checks.
-fn open_vmdk(path: &Path, above: &[PathBuf]) -> Result<(Layered<Vmdk>, Option<u32>)> {
+fn open_vmdk(path: &Path, above: &Chain) -> Result<(Layered<Vmdk>, Option<u32>)> {
     let chain = super::descend(path, above)?;
     let top = HostFile::open(path)?;
     let mut head = [0u8; 4];
@@ -183,7 +183,7 @@ fn open_vmdk(path: &Path, above: &[PathBuf]) -> Result<(Layered<Vmdk>, Option<u3
         let kind = match line.kind.as_str() {
             "ZERO" => VKind::Zero,
             "FLAT" | "VMFS" => {
-                let file = extent_file(&mut files, path, line, i)?;
+                let file = extent_file(&mut files, path, line, i, &chain)?;
                 let offset = line.offset.saturating_mul(SECTOR);
                 let f = &files[file];
                 if offset.saturating_add(len) > f.len() {
@@ -197,7 +197,7 @@ fn open_vmdk(path: &Path, above: &[PathBuf]) -> Result<(Layered<Vmdk>, Option<u3
                 VKind::Flat { file, offset }
             }
             "SPARSE" => {
-                let file = extent_file(&mut files, path, line, i)?;
+                let file = extent_file(&mut files, path, line, i, &chain)?;
                 VKind::Sparse(open_sparse(&files[file], file)?)
             }
             other => {
@@ -236,18 +236,22 @@ fn open_parent(
     path: &Path,
     hint: &str,
     parent_cid: Option<u32>,
-    chain: &[PathBuf],
+    chain: &Chain,
 ) -> Result<Box<dyn DiskImage>> {
-    let ppath = relative_to(path, hint);
     let fail = |e: Error| {
-        Error::Other(format!(
-            "{}: its parent disk {hint} ({}) cannot be used: {e}",
-            path.display(),
-            ppath.display()
-        ))
+        let msg = format!(
+            "{}: its parent disk {hint} cannot be used: {e}",
+            path.display()
+        );
+        match e {
+            Error::Usage(_) => Error::Usage(msg),
+            _ => Error::Other(msg),
+        }
     };
-    if !super::looks_like_vmdk(&ppath) {
-        return super::open_backing(&ppath, None, chain).map_err(fail);
+    // A delta's parent is a VMDK: the delta says so, not the parent's bytes.
+    let ppath = super::linked(path, hint, chain).map_err(fail)?;
+    if super::probe::detect(&ppath).map_err(fail)? != super::Format::Vmdk {
+        return Err(fail(Error::Other("it is not a VMDK".into())));
     }
     let (img, cid) = open_vmdk(&ppath, chain).map_err(fail)?;
     if let (Some(want), Some(have)) = (parent_cid, cid) {
@@ -268,11 +272,12 @@ fn extent_file(
     desc: &Path,
     line: &ExtentLine,
     i: usize,
+    chain: &Chain,
 ) -> Result<usize> {
     let Some(name) = &line.file else {
         return Ok(0); // a bare sparse extent describes itself
     };
-    let p = relative_to(desc, name);
+    let p = super::linked(desc, name, chain)?;
     let f = HostFile::open(&p).map_err(|e| {
         Error::Other(format!(
             "{}: extent {} names {name} ({}), which cannot be opened: {e}",
