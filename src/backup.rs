@@ -47,12 +47,14 @@ pub struct BackupOptions {
 #[derive(Debug, serde::Serialize)]
 pub struct ItemReport {
     pub name: crate::snapshot::Name,
+    #[serde(serialize_with = "crate::report::path")]
     pub path: PathBuf,
     pub format: &'static str,
     /// Who decided the format: `given` (--format), `config` (.vmx), `name-and-content`,
     /// `raw-by-name`, `no-format-found`. None for config files.
     pub format_source: Option<crate::image::Source>,
     /// Every other host file read for it: backing files, parents, extents.
+    #[serde(serialize_with = "crate::report::paths")]
     pub follows: Vec<PathBuf>,
     /// Its source was unchanged since the parent snapshot, so it was not read.
     pub unchanged: bool,

@@ -209,8 +209,55 @@ impl KdfParams {
         p_cost: 1,
     };
 
+    /// Largest memory accepted from a key file: 1 GiB.
+    pub const MAX_M_COST: u32 = 1 << 20;
+    /// Most passes accepted.
+    pub const MAX_T_COST: u32 = 16;
+    /// Most lanes accepted.
+    pub const MAX_P_COST: u32 = 16;
+    /// Most work (memory × passes, in KiB) accepted: 4 GiB-passes, about 20 s on one core.
+    pub const MAX_WORK: u64 = 4 << 20;
+
+    /// Why these parameters are refused, if they are. Key files are read before the
+    /// password is known to be right, so anyone who can write to `keys/` chooses them:
+    /// unbounded, `m_cost = 4294967295` aborts every command on a 4 TiB allocation and a
+    /// large `t_cost` runs for minutes.
+    pub fn problem(&self) -> Option<String> {
+        let work = self.m_cost as u64 * self.t_cost as u64;
+        if self.p_cost == 0 || self.p_cost > Self::MAX_P_COST {
+            Some(format!(
+                "p_cost {} is outside 1..={}",
+                self.p_cost,
+                Self::MAX_P_COST
+            ))
+        } else if self.m_cost < 8 * self.p_cost || self.m_cost > Self::MAX_M_COST {
+            Some(format!(
+                "m_cost {} KiB is outside {}..={} KiB",
+                self.m_cost,
+                8 * self.p_cost,
+                Self::MAX_M_COST
+            ))
+        } else if self.t_cost == 0 || self.t_cost > Self::MAX_T_COST {
+            Some(format!(
+                "t_cost {} is outside 1..={}",
+                self.t_cost,
+                Self::MAX_T_COST
+            ))
+        } else if work > Self::MAX_WORK {
+            Some(format!(
+                "m_cost × t_cost = {work} KiB-passes exceeds {}",
+                Self::MAX_WORK
+            ))
+        } else {
+            None
+        }
+    }
+
     /// The key-encryption key for a password.
     pub fn derive(&self, password: &[u8], salt: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+        if let Some(p) = self.problem() {
+            return Err(Error::Other(format!("argon2id parameters refused: {p}")));
+        }
         let params = argon2::Params::new(self.m_cost, self.t_cost, self.p_cost, Some(32))
             .map_err(|e| Error::Other(format!("invalid argon2id parameters in key file: {e}")))?;
         let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);

@@ -24,10 +24,12 @@ pub enum Error {
         supported: u32,
         hint: &'static str,
     },
-    #[error(
-        "{object} is damaged: {detail}. Run `cairn check --read-data` to list every damaged object"
-    )]
-    Corrupt { object: String, detail: String },
+    #[error("{object} is damaged: {detail}. {advice}")]
+    Corrupt {
+        object: String,
+        detail: String,
+        advice: &'static str,
+    },
     #[error("{0}")]
     Locked(String),
     /// Guest data (a partition table, a filesystem inside a disk image) is damaged or
@@ -56,6 +58,19 @@ impl Error {
         Error::Corrupt {
             object: object.into(),
             detail: detail.into(),
+            advice: "Run `cairn check --read-data` to list every damaged object",
+        }
+    }
+
+    /// Damage to what every command needs before it can look at anything else (the
+    /// config, the key files): `check` cannot run either, so say what can be done.
+    pub fn corrupt_root(object: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::Corrupt {
+            object: object.into(),
+            detail: detail.into(),
+            advice: "No command can open the repository without it. Put back this file from \
+                     a copy of the repository (it never changes after `init`); the data in \
+                     the repository is intact and readable again once it is back",
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod id;
 pub mod image;
 pub mod progress;
 pub mod repo;
+pub mod report;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;

@@ -58,6 +58,7 @@ pub struct RestoreOptions {
 #[derive(Debug, serde::Serialize)]
 pub struct RestoredDisk {
     pub name: Name,
+    #[serde(serialize_with = "crate::report::path")]
     pub path: PathBuf,
     /// "raw", "qcow2", "vmdk", or "file" for config files.
     pub format: &'static str,
@@ -72,6 +73,7 @@ pub struct RestoreReport {
     pub disks: Vec<RestoredDisk>,
     pub files: Vec<RestoredDisk>,
     /// Existing files left alone (`--existing keep`, or "no" at the prompt).
+    #[serde(serialize_with = "crate::report::paths")]
     pub kept: Vec<PathBuf>,
     /// Disk paths changed in restored `.vmx` files so they open the restored disks.
     pub config_rewritten: Vec<ConfigChange>,
@@ -82,6 +84,7 @@ pub struct RestoreReport {
 /// One `fileName` entry of a restored `.vmx` pointed at a restored disk.
 #[derive(Debug, serde::Serialize)]
 pub struct ConfigChange {
+    #[serde(serialize_with = "crate::report::path")]
     pub file: PathBuf,
     #[serde(flatten)]
     pub change: crate::vm::Rewritten,

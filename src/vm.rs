@@ -37,6 +37,7 @@ pub struct Item {
 /// A file of a VM folder that is not backed up, and why.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Skipped {
+    #[serde(serialize_with = "crate::report::path")]
     pub path: PathBuf,
     pub reason: &'static str,
 }

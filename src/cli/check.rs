@@ -17,13 +17,13 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
         return Ok(code);
     }
     println!(
-        "checked {} snapshots, {} index files, {} packs, {} blobs{}",
-        r.snapshots,
-        r.index_files,
-        r.packs,
-        r.blobs,
+        "checked {}, {}, {}, {}{}",
+        super::plural(r.snapshots, "snapshot"),
+        super::plural(r.index_files, "index file"),
+        super::plural(r.packs, "pack"),
+        super::plural(r.blobs, "blob"),
         if r.read_data {
-            ", all data read and verified"
+            ", reading all data"
         } else {
             ""
         }
@@ -38,9 +38,16 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
         eprintln!("problem: {p}");
     }
     if r.problems.is_empty() {
-        println!("no problems found");
+        println!(
+            "no problems found{}",
+            if r.read_data {
+                "; all data read and verified"
+            } else {
+                ""
+            }
+        );
     } else {
-        eprintln!("{} problems found", r.problems.len());
+        eprintln!("{} found", super::plural(r.problems.len(), "problem"));
     }
     Ok(code)
 }

@@ -14,6 +14,10 @@ pub struct Args {
     /// Average (fastcdc) or exact (fixed) chunk size.
     #[arg(long, value_parser = super::parse_size)]
     chunk_size: Option<u64>,
+    /// Create an encrypted repository with an empty password (anyone who can read the
+    /// repository can then open it; for tests and throw-away repositories).
+    #[arg(long)]
+    insecure_no_password: bool,
     /// zstd level for stored chunks, 0 for none.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=19))]
     compression: i32,
@@ -33,18 +37,30 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
     opts.zstd_level = a.compression;
     let password = match a.encryption.as_str() {
         "none" => None,
-        _ => Some(cli.password(true)?),
+        _ if a.insecure_no_password => Some(String::new()),
+        _ => {
+            let pw = cli.password(true)?;
+            if pw.is_empty() {
+                return Err(crate::Error::Usage(
+                    "refusing an empty password for an encrypted repository: anyone who can \
+                     read the repository could open it. Give a password, or pass \
+                     --insecure-no-password if that is really what you want"
+                        .into(),
+                ));
+            }
+            Some(pw)
+        }
     };
     let repo = Repository::init(&path, password.as_deref(), &opts)?;
     if cli.json {
         cli.print_json(&repo.config);
     } else {
         println!(
-            "created cairn repository {} at {} ({}, {:?} chunks of {} on average)",
+            "created cairn repository {} at {} ({}, {} chunks of {} on average)",
             &repo.config.id[..8],
             path.display(),
             repo.config.cipher,
-            repo.config.chunker.kind,
+            repo.config.chunker.kind.name(),
             super::human(repo.config.chunker.avg_size as u64)
         );
     }

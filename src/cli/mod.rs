@@ -134,10 +134,11 @@ impl Cli {
     }
 
     pub fn print_json<T: serde::Serialize>(&self, v: &T) {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(v).expect("report serializes")
-        );
+        match serde_json::to_string_pretty(v) {
+            Ok(s) => println!("{s}"),
+            // Reports are plain data; this would be a bug, and still must not panic.
+            Err(e) => eprintln!("cairn: error: the report cannot be written as JSON: {e}"),
+        }
     }
 }
 

@@ -20,6 +20,16 @@ pub enum ChunkerKind {
     Fixed,
 }
 
+impl ChunkerKind {
+    /// As users read it (and as the config spells it).
+    pub fn name(self) -> &'static str {
+        match self {
+            ChunkerKind::FastcdcV2020 => "fastcdc-v2020",
+            ChunkerKind::Fixed => "fixed",
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkerParams {
     pub kind: ChunkerKind,
@@ -112,7 +122,7 @@ impl Config {
 
     pub fn verify(&self, keys: &Keys) -> Result<()> {
         if keys.config_mac(&self.canonical()) != self.mac {
-            return Err(Error::corrupt(
+            return Err(Error::corrupt_root(
                 "config",
                 "its MAC does not match (the file was changed by hand or damaged)",
             ));
@@ -155,6 +165,16 @@ impl KeyFile {
             return Err(Error::corrupt(
                 name,
                 format!("unknown KDF {:?} or cipher {:?}", self.kdf, self.cipher),
+            ));
+        }
+        if let Some(p) = self.kdf_params.problem() {
+            return Err(Error::corrupt_root(
+                name,
+                format!(
+                    "its argon2id parameters are refused ({p}); a key file cairn wrote never \
+                     has them, so it was changed. Remove it if another key file opens the \
+                     repository"
+                ),
             ));
         }
         let salt = hex::decode(&self.salt).map_err(|_| Error::corrupt(name, "bad salt"))?;

@@ -148,8 +148,9 @@ impl Repository {
         struct Version {
             version: u32,
         }
-        let v: Version = serde_json::from_slice(&raw)
-            .map_err(|e| Error::corrupt(format!("{}/config", path.display()), e.to_string()))?;
+        let v: Version = serde_json::from_slice(&raw).map_err(|e| {
+            Error::corrupt_root(format!("{}/config", path.display()), e.to_string())
+        })?;
         if v.version != REPO_VERSION {
             return Err(Error::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -158,20 +159,33 @@ impl Repository {
                 hint: "use the cairn release that wrote it, or a newer one",
             });
         }
-        let config: Config = serde_json::from_slice(&raw)
-            .map_err(|e| Error::corrupt(format!("{}/config", path.display()), e.to_string()))?;
+        let config: Config = serde_json::from_slice(&raw).map_err(|e| {
+            Error::corrupt_root(format!("{}/config", path.display()), e.to_string())
+        })?;
         let keys = if config.encrypted() {
             let pw = password()?;
             let mut found = None;
+            // A damaged key file must not lock out the others; it matters only if no
+            // other one opens.
+            let mut damaged = None;
             for name in backend.list("keys")? {
-                let kf: KeyFile = serde_json::from_slice(&backend.get(&name)?)
-                    .map_err(|e| Error::corrupt(&name, e.to_string()))?;
-                if let Some(m) = kf.unwrap_master(&pw, &name)? {
-                    found = Some(m);
-                    break;
+                let kf = serde_json::from_slice::<KeyFile>(&backend.get(&name)?)
+                    .map_err(|e| Error::corrupt_root(&name, e.to_string()))
+                    .and_then(|kf| kf.unwrap_master(&pw, &name));
+                match kf {
+                    Ok(Some(m)) => {
+                        found = Some(m);
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(e) => damaged = Some(e),
                 }
             }
-            Keys::from_master(found.ok_or_else(|| Error::WrongPassword(path.to_path_buf()))?)
+            match (found, damaged) {
+                (Some(m), _) => Keys::from_master(m),
+                (None, Some(e)) => return Err(e),
+                (None, None) => return Err(Error::WrongPassword(path.to_path_buf())),
+            }
         } else {
             Keys::unencrypted()
         };
