@@ -66,7 +66,7 @@ impl Geometry {
 
     /// Volume byte offset of cluster `c` (2 ≤ c < clusters + 2, checked by the caller).
     pub fn cluster_offset(&self, c: u32) -> u64 {
-        self.data_offset + (u64::from(c) - 2) * self.cluster_size
+        self.data_offset + u64::from(c).saturating_sub(2) * self.cluster_size
     }
 }
 
@@ -248,7 +248,9 @@ pub fn parse(b: &[u8], dev_size: u64) -> Result<Geometry> {
         }
     }
     if matches!(le.u8(ebr + 2)?, 0x28 | 0x29) && le.u8(ebr + 1)? & 1 != 0 {
-        notes.push("the boot sector's dirty flag is set: the volume was not cleanly unmounted".into());
+        notes.push(
+            "the boot sector's dirty flag is set: the volume was not cleanly unmounted".into(),
+        );
     }
     let volume_bytes = total * sector_size;
     if volume_bytes > dev_size {
@@ -263,7 +265,11 @@ pub fn parse(b: &[u8], dev_size: u64) -> Result<Geometry> {
         fat_offset: (reserved + active * fat_sectors) * sector_size,
         fat_used,
         root_offset: (reserved + fats * fat_sectors) * sector_size,
-        root_entries: if fat_type == FatType::Fat32 { 0 } else { root_entries },
+        root_entries: if fat_type == FatType::Fat32 {
+            0
+        } else {
+            root_entries
+        },
         data_offset: meta * sector_size,
         clusters,
         root_cluster,

@@ -28,7 +28,8 @@
 //! gid 0. Directories report the bytes of their cluster chain as their size (FAT records
 //! 0). An inode number is the volume byte offset of the entry's 32-byte short entry
 //! ([`ROOT`] for the root), so [`stat`](Filesystem::stat) works from the number alone: it
-//! re-reads that entry and checks that it is one.
+//! re-reads that entry and checks that it can be one (32-byte aligned, inside the root
+//! region or an allocated cluster, a live file or directory entry).
 //!
 //! Refused: exFAT (recognised, [`Error::Unsupported`]), and a directory longer than the
 //! 65536 entries the format allows. Not read: extended attributes of OS/2, the hidden and
@@ -144,7 +145,8 @@ impl Fat {
         fat.label = match fat.listing(ROOT) {
             Ok(l) => l.label.clone(),
             Err(e) => {
-                fat.warnings.push(format!("the root directory cannot be read: {e}"));
+                fat.warnings
+                    .push(format!("the root directory cannot be read: {e}"));
                 None
             }
         }
@@ -159,7 +161,8 @@ impl Fat {
     /// Byte ranges of the volume in use per the FAT, merged: the reserved sectors, FATs
     /// and root directory region, then every cluster neither free nor marked bad.
     pub fn used_clusters(&self) -> Result<Vec<Range<u64>>> {
-        let mut out = vec![0..self.geo.data_offset];
+        let mut out: Vec<Range<u64>> = Vec::new();
+        out.push(0..self.geo.data_offset);
         for r in self.table.used(&self.geo)? {
             match out.last_mut() {
                 Some(last) if last.end == r.start => last.end = r.end,
@@ -189,10 +192,7 @@ impl Fat {
         let mut raw = [0u8; 32];
         self.dev.read_at(ino, &mut raw)?;
         match dir::kind(&raw) {
-            dir::Kind::Entry(_) => Ok(Node::Entry(dir::info(
-                &raw,
-                g.fat_type == FatType::Fat32,
-            ))),
+            dir::Kind::Entry(_) => Ok(Node::Entry(dir::info(&raw, g.fat_type == FatType::Fat32))),
             _ => bad("not a file or directory entry"),
         }
     }
@@ -246,17 +246,19 @@ impl Fat {
                 info.size
             )));
         }
-        self.chain(info.first_cluster, Want::Clusters(need), &|| format!("file {ino}"))
+        self.chain(info.first_cluster, Want::Clusters(need), &|| {
+            format!("file {ino}")
+        })
     }
 
     /// A directory's chain (not for the FAT12/16 root, which has none).
     fn dir_chain(&self, ino: Ino, first: u32) -> Result<Arc<Chain>> {
         if first == 0 {
-            return Err(Error::Guest(format!(
-                "FAT: directory {ino} has no cluster"
-            )));
+            return Err(Error::Guest(format!("FAT: directory {ino} has no cluster")));
         }
-        self.chain(first, Want::ToEnd(self.dir_cap()), &|| format!("directory {ino}"))
+        self.chain(first, Want::ToEnd(self.dir_cap()), &|| {
+            format!("directory {ino}")
+        })
     }
 
     /// Where a directory's bytes lie: (volume offset, length) pieces.
@@ -316,9 +318,7 @@ impl Fat {
         let g = &self.geo;
         let dir_size = |first| {
             self.dir_chain(ino, first)
-                .map(|c| {
-                    c.runs.iter().map(|(_, r)| u64::from(r.len)).sum::<u64>() * g.cluster_size
-                })
+                .map(|c| c.runs.iter().map(|(_, r)| u64::from(r.len)).sum::<u64>() * g.cluster_size)
                 .unwrap_or(0)
         };
         let (kind, mode, size, mtime, atime, ctime) = match node {
@@ -431,9 +431,9 @@ impl Filesystem for Fat {
             }
             let n = ((run_end - pos) as usize).min(want - done);
             let disk = self.geo.cluster_offset(run.first) + (pos - run_start);
-            let piece = buf.get_mut(done..done + n).ok_or_else(|| {
-                Error::Other("FAT: read buffer arithmetic went wrong".into())
-            })?;
+            let piece = buf
+                .get_mut(done..done + n)
+                .ok_or_else(|| Error::Other("FAT: read buffer arithmetic went wrong".into()))?;
             self.dev.read_at(disk, piece)?;
             done += n;
         }
@@ -497,8 +497,7 @@ impl Filesystem for Fat {
             return Ok(None);
         };
         let same = |s: &str| names::fold(s.as_bytes()).as_ref() == Some(&want);
-        Ok(l
-            .entries
+        Ok(l.entries
             .iter()
             .find(|e| same(&e.name) || same(&e.short))
             .map(dir_entry))

@@ -146,7 +146,11 @@ impl LongName {
     pub fn take(&mut self, short: &[u8]) -> Option<String> {
         let done = self.active && self.expect == 0 && checksum(short) == self.sum;
         let name = done.then(|| {
-            let end = self.units.iter().position(|&u| u == 0).unwrap_or(self.units.len());
+            let end = self
+                .units
+                .iter()
+                .position(|&u| u == 0)
+                .unwrap_or(self.units.len());
             String::from_utf16_lossy(self.units.get(..end).unwrap_or(&[]))
         });
         self.reset();

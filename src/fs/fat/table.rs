@@ -72,13 +72,7 @@ impl Table {
     fn read_block(&self, idx: u64) -> Result<Vec<u8>> {
         let start = idx * BLOCK;
         let len = BLOCK.min(self.used.saturating_sub(start));
-        read_vec(
-            self.dev.as_ref(),
-            self.offset + start,
-            len,
-            BLOCK,
-            "FAT",
-        )
+        read_vec(self.dev.as_ref(), self.offset + start, len, BLOCK, "FAT")
     }
 
     fn block(&self, idx: u64) -> Result<Arc<Vec<u8>>> {
@@ -102,9 +96,9 @@ impl Table {
     /// The byte at `at` of the FAT (inside `0..used`, checked by the callers).
     fn byte(&self, at: u64) -> Result<u8> {
         let b = self.block(at / BLOCK)?;
-        b.get((at % BLOCK) as usize).copied().ok_or_else(|| {
-            Error::Guest(format!("FAT: byte {at} lies outside the table"))
-        })
+        b.get((at % BLOCK) as usize)
+            .copied()
+            .ok_or_else(|| Error::Guest(format!("FAT: byte {at} lies outside the table")))
     }
 
     /// The raw entry of cluster `n` (0 ≤ n < clusters + 2).
@@ -215,7 +209,9 @@ impl Table {
                     )))
                 }
                 Next::Cluster(_) => {
-                    return Err(err(format!("the cluster chain is longer than {limit} clusters")))
+                    return Err(err(format!(
+                        "the cluster chain is longer than {limit} clusters"
+                    )))
                 }
                 Next::End if exact => {
                     return Err(err(format!(
@@ -225,10 +221,14 @@ impl Table {
                 }
                 Next::End => break,
                 Next::Free => {
-                    return Err(err(format!("the cluster chain runs into free cluster {cur}")))
+                    return Err(err(format!(
+                        "the cluster chain runs into free cluster {cur}"
+                    )))
                 }
                 Next::Bad => {
-                    return Err(err(format!("the cluster chain runs into bad cluster {cur}")))
+                    return Err(err(format!(
+                        "the cluster chain runs into bad cluster {cur}"
+                    )))
                 }
                 Next::Invalid(v) => {
                     return Err(err(format!(
@@ -237,7 +237,8 @@ impl Table {
                 }
             }
         }
-        check_disjoint(&runs).map_err(|c| err(format!("the cluster chain loops at cluster {c}")))?;
+        check_disjoint(&runs)
+            .map_err(|c| err(format!("the cluster chain loops at cluster {c}")))?;
         Ok(runs)
     }
 
@@ -263,7 +264,11 @@ impl Table {
             }
             FatType::Fat16 | FatType::Fat32 => {
                 // Whole blocks, read past the cache: a scan would only evict it.
-                let width = if self.fat_type == FatType::Fat16 { 2 } else { 4 };
+                let width = if self.fat_type == FatType::Fat16 {
+                    2
+                } else {
+                    4
+                };
                 let mut idx = 0u64;
                 while idx * BLOCK < self.used {
                     let b = self.read_block(idx)?;
