@@ -1,6 +1,7 @@
 //! Images made by mkfs.fat (dosfstools) and mformat (mtools), filled with mcopy, compared
-//! with the host tree they were filled from; hand-made directory bytes for the long-name
-//! rules; and mutation runs over FAT12, FAT16 and FAT32 fixtures.
+//! with the host tree they were filled from. `units` has hand-made bytes (long-name rules,
+//! dates, boot sectors); `hostile` patched chains and the mutation runs over FAT12, FAT16
+//! and FAT32 fixtures.
 
 use super::*;
 use crate::blockdev::{FileDisk, MemDisk};
