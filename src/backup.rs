@@ -15,6 +15,7 @@
 
 use crate::chunker::Chunker;
 use crate::crypto::Sealer;
+use crate::repo::blobs::Claims;
 use crate::repo::cache::IndexCache;
 use crate::repo::lock::LockKind;
 use crate::repo::pack::{seal_blob, BlobKind, SealedBlob};
@@ -23,7 +24,7 @@ use crate::repo::Repository;
 use crate::snapshot::{self, ChunkTable, Disk, Extent, Snapshot, Summary, MANIFEST_VERSION};
 use crate::vm::Item;
 use crate::{Error, Id, Result};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -320,7 +321,7 @@ struct Shared<'a> {
     sealer: Sealer,
     chunker: Chunker,
     /// Ids this session stores that are not yet in the cache.
-    claimed: Mutex<HashSet<Id>>,
+    claims: Claims,
 }
 
 /// The writer's state: the packer and counters.
@@ -347,7 +348,7 @@ impl<'a> Session<'a> {
                 cache,
                 sealer: packer.sealer().clone(),
                 chunker: Chunker::new(repo.config.chunker, repo.keys.chunker_seed()),
-                claimed: Mutex::new(HashSet::new()),
+                claims: Claims::default(),
             },
             w: Writer {
                 packer,
@@ -455,7 +456,7 @@ impl Writer<'_> {
         }
         let plain = table.encode();
         let id = sh.repo.keys.chunk_id(&plain);
-        if !sh.cache.reader()?.contains(&id)? && sh.claim(id) {
+        if !sh.cache.reader()?.contains(&id)? && sh.claims.claim(id) {
             let blob = seal_blob(
                 &sh.sealer,
                 BlobKind::Table,
@@ -516,7 +517,7 @@ impl Shared<'_> {
                 len: p.len as u32,
                 id: Some(id),
             });
-            if reader.contains(&id)? || !self.claim(id) {
+            if reader.contains(&id)? || !self.claims.claim(id) {
                 continue;
             }
             blobs.push(seal_blob(&self.sealer, BlobKind::Data, id, bytes, level));
@@ -538,19 +539,15 @@ impl Shared<'_> {
     /// Lets the cache answer for blobs an index file now names; they need no claim.
     fn indexed(&self, written: &WrittenIndex) -> Result<()> {
         self.cache.add(&written.name, &written.index)?;
-        let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
-        for e in written.index.packs.iter().flat_map(|p| &p.entries) {
-            claimed.remove(&e.id);
-        }
+        self.claims.release(
+            written
+                .index
+                .packs
+                .iter()
+                .flat_map(|p| &p.entries)
+                .map(|e| &e.id),
+        );
         Ok(())
-    }
-
-    /// True if this call is the session's first to want `id` stored.
-    fn claim(&self, id: Id) -> bool {
-        self.claimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id)
     }
 }
 

@@ -10,7 +10,7 @@ use crate::repo::envelope::FileKind;
 use crate::repo::lock::LockKind;
 use crate::repo::pack::{open_blob, pack_name, parse_pack};
 use crate::repo::Repository;
-use crate::restore::load_table;
+use crate::snapshot::load_table;
 use crate::snapshot::Snapshot;
 use crate::{Id, Result};
 use rayon::prelude::*;

@@ -20,7 +20,7 @@ use crate::repo::lock::LockKind;
 use crate::repo::pack::{pack_name, parse_pack, reseal_blob, PackEntry};
 use crate::repo::packer::{Packer, INDEX_FLUSH_ENTRIES};
 use crate::repo::Repository;
-use crate::restore::load_table;
+use crate::snapshot::load_table;
 use crate::{snapshot, Error, Id, Result};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;

@@ -14,6 +14,7 @@
 
 use crate::crypto::Sealer;
 use crate::image::write::{DiskWriter, OutFormat};
+use crate::repo::blobs;
 use crate::repo::cache::{BlobLoc, CacheReader};
 use crate::repo::pack::{open_blob, pack_name, BlobKind};
 use crate::repo::Repository;
@@ -432,7 +433,7 @@ fn write_disk<S: Sink + ?Sized>(
         let span_len = disk.table_span.min(disk.size - base);
         match table {
             Some(table) => {
-                let table = load_table(repo, reader, table)?;
+                let table = snapshot::load_table(repo, reader, table)?;
                 if table.len() != span_len {
                     return Err(Error::corrupt(
                         format!("chunk table {}", slot),
@@ -526,46 +527,6 @@ impl Sink for Device {
     }
 }
 
-/// Reads one blob by id, wherever the index says it is.
-pub fn read_blob(repo: &Repository, reader: &CacheReader, id: &Id) -> Result<Vec<u8>> {
-    let loc = locate(reader, id)?;
-    let stored = repo.backend.get_range(
-        &pack_name(&loc.pack),
-        loc.entry.offset as u64,
-        loc.entry.length as usize,
-    )?;
-    open_blob(
-        &repo.keys,
-        &pack_sealer(repo, reader, &loc.pack)?,
-        &loc.entry,
-        &stored,
-        &loc.pack,
-    )
-}
-
-pub fn load_table(repo: &Repository, reader: &CacheReader, id: &Id) -> Result<ChunkTable> {
-    ChunkTable::decode(
-        &read_blob(repo, reader, id)?,
-        &format!("chunk table {}", id.short()),
-    )
-}
-
-fn locate(reader: &CacheReader, id: &Id) -> Result<BlobLoc> {
-    reader.get(id)?.ok_or_else(|| {
-        Error::corrupt(
-            format!("blob {}", id.short()),
-            "it is not in any index file (a pack or index file is missing)",
-        )
-    })
-}
-
-fn pack_sealer(repo: &Repository, reader: &CacheReader, pack: &Id) -> Result<Sealer> {
-    let salt = reader
-        .pack_salt(pack)?
-        .ok_or_else(|| Error::corrupt(pack_name(pack), "no index file records its salt"))?;
-    Ok(repo.keys.sealer(&salt))
-}
-
 /// A chunk to restore: where it is stored, and every disk offset that holds it.
 type Wanted = (BlobLoc, Vec<u64>);
 
@@ -585,7 +546,7 @@ fn write_table<S: Sink + ?Sized>(
             match wanted.get_mut(&id) {
                 Some(w) => w.1.push(off),
                 None => {
-                    let loc = locate(reader, &id)?;
+                    let loc = blobs::locate(reader, &id)?;
                     if loc.entry.kind != BlobKind::Data || loc.entry.raw_len != e.len {
                         return Err(Error::corrupt(
                             format!("blob {}", id.short()),
@@ -605,7 +566,7 @@ fn write_table<S: Sink + ?Sized>(
     let mut groups: Vec<(Id, Sealer, Vec<Wanted>)> = Vec::new();
     for (pack, mut blobs) in by_pack {
         blobs.sort_by_key(|b| b.0.entry.offset);
-        groups.push((pack, pack_sealer(repo, reader, &pack)?, blobs));
+        groups.push((pack, blobs::pack_sealer(repo, reader, &pack)?, blobs));
     }
     // One task per read (at most MAX_READ bytes), not per pack: a table's few packs hold
     // very different amounts of it, and per-pack tasks left a core idle at the tail.

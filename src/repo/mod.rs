@@ -10,6 +10,7 @@
 //! locks/<random>      lock files
 //! ```
 
+pub mod blobs;
 pub mod cache;
 pub mod config;
 pub mod envelope;

@@ -295,6 +295,18 @@ pub fn load_all(repo: &Repository) -> Result<Loaded> {
     Ok(Loaded { snapshots, damaged })
 }
 
+/// Reads and decodes a chunk table blob.
+pub fn load_table(
+    repo: &Repository,
+    reader: &crate::repo::cache::CacheReader,
+    id: &Id,
+) -> Result<ChunkTable> {
+    ChunkTable::decode(
+        &crate::repo::blobs::read_blob(repo, reader, id)?,
+        &format!("chunk table {}", id.short()),
+    )
+}
+
 pub fn save(repo: &Repository, snap: &Snapshot) -> Result<Id> {
     repo.write_file(FileKind::Snapshot, &snap.encode())
 }
