@@ -168,6 +168,15 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn modified(&self, name: &str) -> Result<Option<std::time::SystemTime>> {
+        let p = self.path(name);
+        match fs::metadata(&p).and_then(|m| m.modified()) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("inspecting {}", p.display()), e)),
+        }
+    }
+
     fn delete(&self, name: &str) -> Result<()> {
         let p = self.path(name);
         match fs::remove_file(&p) {

@@ -26,5 +26,7 @@ pub trait Backend: Send + Sync {
     fn list(&self, dir: &str) -> Result<Vec<String>>;
     /// Size of an object, or None if it does not exist.
     fn size(&self, name: &str) -> Result<Option<u64>>;
+    /// When an object was last written, by the storage's clock; None if it does not exist.
+    fn modified(&self, name: &str) -> Result<Option<std::time::SystemTime>>;
     fn delete(&self, name: &str) -> Result<()>;
 }

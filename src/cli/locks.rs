@@ -16,30 +16,32 @@ pub fn list(cli: &Cli) -> Result<i32> {
     if cli.json {
         let rows: Vec<_> = locks
             .iter()
-            .map(|(name, info)| {
+            .map(|l| {
                 serde_json::json!({
-                    "name": name,
-                    "lock": info,
-                    "stale": info.as_ref().map(|i| i.stale_reason()),
+                    "name": l.name,
+                    "lock": l.info,
+                    "stale": l.stale,
                 })
             })
             .collect();
         cli.print_json(&rows);
         return Ok(0);
     }
-    for (name, info) in &locks {
-        match info {
-            Some(i) => {
-                let stale = i
-                    .stale_reason()
-                    .map(|r| format!(" — STALE: {r}"))
-                    .unwrap_or_default();
-                println!("{name}: {}{stale}", i.describe());
-            }
-            None => println!("{name}: unreadable (being written or removed)"),
+    for l in &locks {
+        let stale = l
+            .stale
+            .as_ref()
+            .map(|r| format!(" — STALE: {r}"))
+            .unwrap_or_default();
+        match &l.info {
+            Some(i) => println!("{}: {}{stale}", l.name, i.describe()),
+            None => println!(
+                "{}: unreadable (damaged, or from a newer cairn; held until 30 min old){stale}",
+                l.name
+            ),
         }
     }
-    println!("{} locks", locks.len());
+    println!("{}", super::plural(locks.len(), "lock"));
     Ok(0)
 }
 
@@ -47,25 +49,26 @@ pub fn list(cli: &Cli) -> Result<i32> {
 pub fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<i32> {
     let repo = cli.open()?;
     let mut removed = 0;
-    for (name, info) in list_locks(&*repo.backend)? {
-        let stale = info.as_ref().and_then(|i| i.stale_reason());
-        if a.remove_all || stale.is_some() {
-            if stale.is_none() {
+    for l in list_locks(&*repo.backend)? {
+        if a.remove_all || l.stale.is_some() {
+            if l.stale.is_none() {
                 eprintln!(
-                    "warning: removing a live lock {name} ({}): its process may still be writing",
-                    info.as_ref()
+                    "warning: removing a live lock {} ({}): its process may still be writing",
+                    l.name,
+                    l.info
+                        .as_ref()
                         .map(|i| i.describe())
                         .unwrap_or_else(|| "unreadable".into())
                 );
             }
-            repo.backend.delete(&name)?;
+            repo.backend.delete(&l.name)?;
             removed += 1;
         }
     }
     if cli.json {
         cli.print_json(&serde_json::json!({ "removed": removed }));
     } else {
-        println!("removed {removed} locks");
+        println!("removed {}", super::plural(removed, "lock"));
     }
     Ok(0)
 }

@@ -75,16 +75,40 @@ fn process_alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Every lock in the repository, with its name. Unreadable ones are reported as `None`
-/// (a lock being written or removed right now).
-pub fn list_locks(backend: &dyn Backend) -> Result<Vec<(String, Option<LockInfo>)>> {
+/// A lock file as found in `locks/`.
+pub struct LockEntry {
+    pub name: String,
+    /// None if the file does not parse (damaged, or written by a newer cairn).
+    pub info: Option<LockInfo>,
+    /// Why it no longer counts, if it does not.
+    pub stale: Option<String>,
+}
+
+/// Every lock in the repository. A lock file that cannot be parsed counts as an exclusive
+/// lock until it is [`STALE_AFTER`] old by the storage's clock: lock files are written
+/// atomically, so an unparsable one is not half-written but damaged or foreign, and
+/// ignoring it could let prune run beside a backup.
+pub fn list_locks(backend: &dyn Backend) -> Result<Vec<LockEntry>> {
     let mut out = Vec::new();
     for name in backend.list("locks")? {
-        let info = backend
-            .get(&name)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
-        out.push((name, info));
+        let bytes = match backend.get(&name) {
+            Ok(b) => b,
+            Err(_) if backend.size(&name)?.is_none() => continue, // removed meanwhile
+            Err(e) => return Err(e),
+        };
+        let info = serde_json::from_slice::<LockInfo>(&bytes).ok();
+        let stale = match &info {
+            Some(i) => i.stale_reason(),
+            None => match backend.modified(&name)? {
+                None => continue,
+                Some(t) => {
+                    let age = t.elapsed().unwrap_or_default();
+                    (age > STALE_AFTER)
+                        .then(|| format!("unreadable and not written for {}s", age.as_secs()))
+                }
+            },
+        };
+        out.push(LockEntry { name, info, stale });
     }
     Ok(out)
 }
@@ -141,20 +165,30 @@ impl Lock {
                 "lock {name} already exists (a random name collided); run the command again"
             )));
         }
-        for (other, theirs) in list_locks(&*backend)? {
-            if other == name {
+        for other in list_locks(&*backend)? {
+            if other.name == name || other.stale.is_some() {
                 continue;
             }
-            let Some(theirs) = theirs else { continue };
-            let conflicts = kind == LockKind::Exclusive || theirs.kind == LockKind::Exclusive;
-            if conflicts && theirs.stale_reason().is_none() {
+            let (conflicts, holder) = match &other.info {
+                Some(t) => (
+                    kind == LockKind::Exclusive || t.kind == LockKind::Exclusive,
+                    t.describe(),
+                ),
+                None => (
+                    true,
+                    "a lock file that cannot be read (damaged, or written by a newer cairn); \
+                     it counts as held until it is 30 minutes old"
+                        .to_string(),
+                ),
+            };
+            if conflicts {
                 let _ = backend.delete(&name);
                 return Err(Error::Locked(format!(
                     "repository {} is locked: {} ({}). Wait for it to finish; if that process is gone, \
                      run `cairn unlock`",
                     backend.location(),
-                    theirs.describe(),
-                    other
+                    holder,
+                    other.name
                 )));
             }
         }
