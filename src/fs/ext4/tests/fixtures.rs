@@ -68,6 +68,11 @@ pub fn build_tree(root: &Path, big: bool, dir_entries: usize) {
             f.write_all_at(&vec![v; n], at).unwrap();
         }
     }
+    // All hole: debugfs fallocate turns it into unwritten extents in one test.
+    std::fs::File::create(root.join("prealloc"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     std::os::unix::fs::symlink("small.txt", root.join("link_short")).unwrap();
     std::os::unix::fs::symlink(LONG_TARGET, root.join("link_long")).unwrap();
     std::fs::hard_link(root.join("small.txt"), root.join("hard")).unwrap();

@@ -183,6 +183,9 @@ fn ext4_4k_htree() {
     let n = fs.read(big.ino, 7_000_001, &mut buf).unwrap();
     assert_eq!(&buf[..n], &want[7_000_001..7_000_001 + 12345]);
     assert!(fs.map(big.ino).unwrap().len() < 20);
+    // The sparse file has more extents than i_block holds: its tree has an index level.
+    let sparse = fs.inode(lookup(&fs, "sparse.bin").ino).unwrap();
+    assert!(u16::from_le_bytes([sparse.i_block()[6], sparse.i_block()[7]]) >= 1);
     assert_eq!(fs.read(big.ino, 20 << 20, &mut buf).unwrap(), 0);
 }
 
@@ -212,7 +215,7 @@ fn ext4_block_maps() {
     if !tools() {
         return;
     }
-    let opts = ["-b", "1024", "-N", "8192", "-O", "^extent,^64bit"];
+    let opts = ["-b", "1024", "-N", "8192", "-O", "^extent,^64bit,sparse_super2"];
     let (_t, src, img) = image("mkfs.ext4", &opts, true, BIG_DIR_ENTRIES, true);
     let fs = open_img(&img);
     let big = lookup(&fs, "big.bin");
@@ -426,4 +429,38 @@ fn refused_features_and_probe() {
     assert!(with_incompat(0x8).contains("journal"));
     // A truncated volume fails cleanly.
     assert!(open_ext4(Arc::new(MemDisk(base[..3000].to_vec()))).is_err());
+}
+
+#[test]
+fn unwritten_extents() {
+    if !tools() {
+        return;
+    }
+    let (_t, _src, img) = image("mkfs.ext4", &["-b", "4096"], false, 3, false);
+    // Blocks 0..99 of a 256-block hole become unwritten; small.txt gets unwritten blocks
+    // past its end (what fallocate --keep-size leaves).
+    debugfs_w(&img, "fallocate /prealloc 0 99");
+    debugfs_w(&img, "fallocate /small.txt 2 9");
+    let fs = open_img(&img);
+    let e = lookup(&fs, "prealloc");
+    let inode = fs.inode(e.ino).unwrap();
+    let runs = fs.runs(&inode, 0..256).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!((runs[0].lblk, runs[0].len, runs[0].init), (0, 100, false));
+    let maps = fs.map(e.ino).unwrap();
+    assert!(maps.iter().all(|m| !m.data && m.disk_offset.is_none()));
+    assert_eq!(maps.iter().map(|m| m.len).sum::<u64>(), 1 << 20);
+    assert!(data_ranges(&fs, e.ino, 1 << 20).unwrap().is_empty());
+    let content = crate::fs::testutil::read_all(&fs, e.ino, 1 << 20).unwrap();
+    assert!(content.iter().all(|&b| b == 0));
+    let used = fs.used_blocks().unwrap();
+    let p = runs[0].pblk;
+    assert!(used.iter().any(|r| r.start <= p && r.end >= p + 100), "allocated");
+    let s = lookup(&fs, "small.txt");
+    let maps = fs.map(s.ino).unwrap();
+    assert_eq!(maps.len(), 1, "{maps:?}");
+    assert!(maps[0].data && maps[0].len == 4096);
+    let mut buf = [0u8; 64];
+    let n = fs.read(s.ino, 0, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello, ext4\n");
 }
