@@ -110,7 +110,7 @@ impl Ext4 {
 
     /// Parses the entries of one block (or inline area). `whole_block` says the record
     /// lengths use the 64 KiB-block encoding. Returns false if `f` asked to stop.
-    fn parse_block(
+    pub(super) fn parse_block(
         &self,
         b: &[u8],
         whole_block: bool,

@@ -25,6 +25,7 @@ mod data;
 mod dir;
 mod extents;
 mod groups;
+mod htree;
 mod inode;
 mod superblock;
 mod xattr;
@@ -255,13 +256,20 @@ impl Filesystem for Ext4 {
     fn lookup(&self, dir: Ino, name: &[u8]) -> Result<Option<DirEntry>> {
         let dir = self.dir_inode(dir)?;
         let mut found = None;
-        self.each_entry(&dir, &mut |r| {
-            if r.name == name {
-                found = Some(r);
-                return Ok(false);
-            }
-            Ok(true)
-        })?;
+        match self.htree_find(&dir, name) {
+            htree::Found::Entry(r) => found = Some(r),
+            htree::Found::Missing => return Ok(None),
+            htree::Found::Unusable => {}
+        }
+        if found.is_none() {
+            self.each_entry(&dir, &mut |r| {
+                if r.name == name {
+                    found = Some(r);
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
+        }
         match found {
             Some(r) => Ok(Some(DirEntry {
                 kind: self.entry_kind(&r)?,

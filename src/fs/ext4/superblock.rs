@@ -17,6 +17,7 @@ pub const MAGIC: u16 = 0xEF53;
 
 pub const COMPAT_HAS_JOURNAL: u32 = 0x4;
 pub const COMPAT_RESIZE_INODE: u32 = 0x10;
+pub const COMPAT_DIR_INDEX: u32 = 0x20;
 pub const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 
 pub const INCOMPAT_COMPRESSION: u32 = 0x1;
@@ -93,6 +94,10 @@ pub struct Superblock {
     /// The two groups holding backups with sparse_super2.
     pub backup_bgs: [u64; 2],
     pub group_count: u64,
+    /// `s_hash_seed`, the seed of directory index hashes.
+    pub hash_seed: [u32; 4],
+    /// The index hashes treat name bytes as unsigned (`s_flags` 0x2).
+    pub hash_unsigned: bool,
 }
 
 impl Superblock {
@@ -226,6 +231,8 @@ impl Superblock {
             first_meta_bg: u64::from(le.u32(0x104)?),
             backup_bgs: [u64::from(le.u32(0x24C)?), u64::from(le.u32(0x250)?)],
             group_count,
+            hash_seed: [le.u32(0xEC)?, le.u32(0xF0)?, le.u32(0xF4)?, le.u32(0xF8)?],
+            hash_unsigned: le.u32(0x160)? & 0x2 != 0,
         })
     }
 

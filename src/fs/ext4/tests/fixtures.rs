@@ -55,7 +55,19 @@ pub fn build_tree(root: &Path, big: bool, dir_entries: usize) {
     // A file of 300 KiB: past the single-indirect range at 1 KiB blocks.
     w("medium.bin", &pattern(300 << 10, 7));
     for i in 0..dir_entries {
-        w(&format!("many/f{i:05}"), format!("entry {i}\n").as_bytes());
+        // Some names with high bytes, where signed and unsigned index hashes differ.
+        let name = if i % 150 == 7 {
+            [&b"many/\xe9t\xe9"[..], format!("{i:05}").as_bytes()].concat()
+        } else {
+            format!("many/f{i:05}").into_bytes()
+        };
+        let p = root.join(std::ffi::OsStr::from_bytes(&name));
+        std::fs::write(p, format!("entry {i}\n")).unwrap();
+    }
+    // Names of 200 bytes: at 1 KiB blocks, few fit a leaf, so the index gets two levels.
+    std::fs::create_dir(root.join("longnames")).unwrap();
+    for i in 0..dir_entries / 5 {
+        w(&format!("longnames/{i:05}{}", "x".repeat(195)), b"");
     }
     if big {
         w("big.bin", &pattern(20 << 20, 1));

@@ -5,10 +5,11 @@ mod fixtures;
 mod fuzz;
 
 use self::fixtures::*;
+use super::htree::{Found, FL_INDEX};
 use super::inode::FL_INLINE_DATA;
 use super::*;
 use crate::blockdev::MemDisk;
-use crate::fs::testutil::{assert_same_tree, walk, Compare};
+use crate::fs::testutil::{assert_same_tree, sh, show, walk, Compare};
 use crate::fs::{data_ranges, Time};
 use std::path::Path;
 
@@ -39,7 +40,22 @@ fn image(
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
     build_tree(&src, big, entries);
-    let img = mkfs(&src, tmp.path(), tool, opts, 64, index);
+    // hash_alg=… (tune2fs) and unsigned_hash (the superblock flag) change how e2fsck -D
+    // builds the indexes.
+    let (hash, opts): (Vec<&str>, Vec<&str>) = opts
+        .iter()
+        .partition(|o| o.starts_with("hash_alg=") || **o == "unsigned_hash");
+    let img = mkfs(&src, tmp.path(), tool, &opts, 64, false);
+    for h in hash {
+        if h == "unsigned_hash" {
+            debugfs_w(&img, "ssv flags 2");
+        } else {
+            sh("tune2fs", &["-E", h, img.to_str().unwrap()]);
+        }
+    }
+    if index {
+        e2fsck(&img, &["-fyD"]);
+    }
     (tmp, src, img)
 }
 
@@ -84,6 +100,35 @@ fn check(fs: &Ext4, src: &Path, img: &Path, entries: usize) {
     assert!(fs.lookup(many.ino, b"nope").unwrap().is_none());
     check_sparse(fs);
     check_used(fs, img);
+    check_htree(fs, "many");
+    check_htree(fs, "longnames");
+}
+
+/// (hash version, index levels) of an indexed directory, None if it is not indexed.
+fn index_info(fs: &Ext4, path: &str) -> Option<(u8, u8)> {
+    let inode = fs.inode(lookup(fs, path).ino).unwrap();
+    if !inode.has_flag(FL_INDEX) {
+        return None;
+    }
+    let b = fs.dir_block(&inode, 0).unwrap();
+    Some((b[28], b[30]))
+}
+
+/// Every name of an indexed directory is found through the index, and a missing one is
+/// reported missing by it (not by the linear fallback).
+fn check_htree(fs: &Ext4, path: &str) {
+    let d = lookup(fs, path);
+    let inode = fs.inode(d.ino).unwrap();
+    if !inode.has_flag(FL_INDEX) {
+        return;
+    }
+    for e in fs.read_dir(d.ino).unwrap() {
+        match fs.htree_find(&inode, &e.name) {
+            Found::Entry(r) => assert_eq!(r.ino, e.ino),
+            _ => panic!("{path}/{}: not found through the index", show(&e.name)),
+        }
+    }
+    assert!(matches!(fs.htree_find(&inode, b"nope"), Found::Missing));
 }
 
 /// The sparse file maps its pieces as data and the rest as holes, and the data pieces'
@@ -170,11 +215,7 @@ fn ext4_4k_htree() {
     let fs = open_img(&img);
     assert_eq!(fs.kind(), "ext4");
     assert!(fs.warnings().is_empty(), "{:?}", fs.warnings());
-    let many = lookup(&fs, "many");
-    assert!(
-        fs.inode(many.ino).unwrap().has_flag(0x1000),
-        "e2fsck -D indexed it"
-    );
+    assert_eq!(index_info(&fs, "many"), Some((1, 0)), "indexed, half-MD4");
     check(&fs, &src, &img, BIG_DIR_ENTRIES);
     // The 20 MiB file reads back at an odd offset and maps to few pieces.
     let big = lookup(&fs, "big.bin");
@@ -207,6 +248,11 @@ fn ext4_1k_meta_bg() {
     let (_t, src, img) = image("mkfs.ext4", &opts, true, BIG_DIR_ENTRIES, true);
     let fs = open_img(&img);
     assert!(fs.sb.group_count > 16, "several meta groups");
+    assert_eq!(
+        index_info(&fs, "longnames"),
+        Some((1, 1)),
+        "a two-level index"
+    );
     check(&fs, &src, &img, BIG_DIR_ENTRIES);
 }
 
@@ -215,9 +261,18 @@ fn ext4_block_maps() {
     if !tools() {
         return;
     }
-    let opts = ["-b", "1024", "-N", "8192", "-O", "^extent,^64bit,sparse_super2"];
+    let opts = [
+        "-b",
+        "1024",
+        "-N",
+        "8192",
+        "-O",
+        "^extent,^64bit,sparse_super2",
+        "hash_alg=legacy",
+    ];
     let (_t, src, img) = image("mkfs.ext4", &opts, true, BIG_DIR_ENTRIES, true);
     let fs = open_img(&img);
+    assert_eq!(index_info(&fs, "many").map(|i| i.0), Some(0), "legacy hash");
     let big = lookup(&fs, "big.bin");
     assert!(!fs
         .inode(big.ino)
@@ -234,23 +289,34 @@ fn ext2_ext3() {
     // ext2 without the filetype feature: entry types come from the inodes.
     let (_t, src, img) = image(
         "mkfs.ext2",
-        &["-b", "1024", "-O", "^filetype"],
+        &[
+            "-b",
+            "1024",
+            "-I",
+            "128",
+            "-O",
+            "^filetype",
+            "unsigned_hash",
+        ],
         false,
         500,
         true,
     );
     let fs = open_img(&img);
     assert_eq!(fs.kind(), "ext2");
+    assert!(fs.sb.hash_unsigned);
+    assert!(index_info(&fs, "many").is_some());
     check(&fs, &src, &img, 500);
     let (_t, src, img) = image(
         "mkfs.ext3",
-        &["-b", "4096", "-N", "8192"],
+        &["-b", "4096", "-N", "8192", "hash_alg=tea"],
         true,
         BIG_DIR_ENTRIES,
         true,
     );
     let fs = open_img(&img);
     assert_eq!(fs.kind(), "ext3");
+    assert_eq!(index_info(&fs, "many").map(|i| i.0), Some(2), "TEA hash");
     check(&fs, &src, &img, BIG_DIR_ENTRIES);
 }
 
@@ -455,7 +521,10 @@ fn unwritten_extents() {
     assert!(content.iter().all(|&b| b == 0));
     let used = fs.used_blocks().unwrap();
     let p = runs[0].pblk;
-    assert!(used.iter().any(|r| r.start <= p && r.end >= p + 100), "allocated");
+    assert!(
+        used.iter().any(|r| r.start <= p && r.end >= p + 100),
+        "allocated"
+    );
     let s = lookup(&fs, "small.txt");
     let maps = fs.map(s.ino).unwrap();
     assert_eq!(maps.len(), 1, "{maps:?}");
