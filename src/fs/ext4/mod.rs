@@ -4,7 +4,8 @@
 //! meta_bg, flex_bg, sparse_super and sparse_super2 layouts; bigalloc (bitmaps count
 //! clusters); extent trees (depth ≤ 5, unwritten extents read as zeros and map as
 //! `data: false`); ext2/ext3 indirect block maps (single, double, triple, holes); hashed
-//! (dir_index) directories, read linearly, and largedir; inline_data files, directories
+//! (dir_index) directories, listed linearly and searched by `lookup` through the index
+//! (legacy, half-MD4 and TEA hashes, signed and unsigned), and largedir; inline_data files, directories
 //! and symlinks; fast and slow symlinks; huge_file; extra_isize nanosecond timestamps and
 //! the epoch bits (dates after 2038); 32-bit uids and gids; device nodes, fifos and
 //! sockets; directories with and without the filetype feature; metadata_csum and
@@ -151,8 +152,7 @@ impl Ext4 {
         })?;
         let table_end = gd
             .inode_table
-            .checked_add(groups::inode_table_blocks(sb))
-            .unwrap_or(u64::MAX);
+            .saturating_add(groups::inode_table_blocks(sb));
         if gd.inode_table == 0 || table_end > sb.blocks_count {
             return Err(Error::Guest(format!(
                 "ext4: group {g}: inode table at block {} lies outside the filesystem",

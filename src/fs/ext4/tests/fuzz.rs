@@ -35,7 +35,8 @@ fn hot_ranges(fs: &Ext4) -> Vec<Range<usize>> {
         let i = data.partition_point(|r| r.end <= b);
         data.get(i).is_some_and(|r| r.start <= b)
     };
-    let mut out: Vec<Range<usize>> = vec![1024..2048];
+    let mut out: Vec<Range<usize>> = Vec::new();
+    out.push(1024..2048);
     for r in fs.used_blocks().unwrap() {
         for b in r {
             if !is_data(b) {
