@@ -533,3 +533,64 @@ fn unwritten_extents() {
     let n = fs.read(s.ino, 0, &mut buf).unwrap();
     assert_eq!(&buf[..n], b"hello, ext4\n");
 }
+
+/// Byte offset of inode `ino` in the image.
+fn inode_offset(fs: &Ext4, ino: u64) -> usize {
+    let ipg = u64::from(fs.sb.inodes_per_group);
+    let gd = fs.groups[((ino - 1) / ipg) as usize];
+    (gd.inode_table * fs.block_size() + (ino - 1) % ipg * u64::from(fs.sb.inode_size)) as usize
+}
+
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Hand-made hostile structures end in errors, quickly.
+#[test]
+fn hostile_structures() {
+    if !tools() {
+        return;
+    }
+    let (_t, _src, img) = image("mkfs.ext2", &["-b", "1024"], false, 5, false);
+    let fs = open_img(&img);
+    let mut base = std::fs::read(&img).unwrap();
+    let ino = lookup(&fs, "medium.bin").ino;
+    let root_block = fs.map(fs.root()).unwrap()[0].disk_offset.unwrap() as usize;
+    // A free block X filled with X: as a triple-indirect block it points at itself at
+    // every level, so a 1 TiB size maps 2^24 pointers that all name block X.
+    let used = fs.used_blocks().unwrap();
+    let x = used.last().unwrap().end;
+    assert!(x < fs.blocks_count(), "a free block after the last used one");
+    let xo = (x * 1024) as usize;
+    for i in 0..256 {
+        put32(&mut base, xo + i * 4, x as u32);
+    }
+    let io = inode_offset(&fs, ino);
+    put32(&mut base, io + 0x28 + 14 * 4, x as u32);
+    put32(&mut base, io + 0x6C, 256); // size_high: 1 TiB
+    drop(fs);
+    let fs = open_ext4(Arc::new(MemDisk(base.clone()))).unwrap();
+    let t = std::time::Instant::now();
+    assert!(matches!(fs.map(ino), Err(Error::Guest(_))));
+    assert!(t.elapsed().as_secs() < 10, "took {:?}", t.elapsed());
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(fs.read(ino, 1 << 39, &mut buf).unwrap(), 4096);
+    // A directory record of length 0 is an error, not an endless loop.
+    let mut b = base.clone();
+    b[root_block + 4..root_block + 6].copy_from_slice(&0u16.to_le_bytes());
+    let fs = open_ext4(Arc::new(MemDisk(b))).unwrap();
+    assert!(matches!(fs.read_dir(fs.root()), Err(Error::Guest(_))));
+
+    // An extent tree claiming 6 levels.
+    let (_t, _src, img) = image("mkfs.ext4", &["-b", "1024"], false, 5, false);
+    let fs = open_img(&img);
+    let ino = lookup(&fs, "sparse.bin").ino;
+    let mut b = std::fs::read(&img).unwrap();
+    let io = inode_offset(&fs, ino);
+    b[io + 0x28 + 6..io + 0x28 + 8].copy_from_slice(&6u16.to_le_bytes());
+    let fs = open_ext4(Arc::new(MemDisk(b))).unwrap();
+    match fs.map(ino) {
+        Err(Error::Guest(m)) => assert!(m.contains("deeper than 5"), "{m}"),
+        r => panic!("{r:?}"),
+    }
+}
