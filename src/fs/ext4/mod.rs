@@ -5,13 +5,14 @@
 //! clusters); extent trees (depth ≤ 5, unwritten extents read as zeros and map as
 //! `data: false`); ext2/ext3 indirect block maps (single, double, triple, holes); hashed
 //! (dir_index) directories, listed linearly and searched by `lookup` through the index
-//! (legacy, half-MD4 and TEA hashes, signed and unsigned), and largedir; inline_data files, directories
-//! and symlinks; fast and slow symlinks; huge_file; extra_isize nanosecond timestamps and
-//! the epoch bits (dates after 2038); 32-bit uids and gids; device nodes, fifos and
-//! sockets; directories with and without the filetype feature; metadata_csum and
-//! gdt_csum volumes (checksums are not verified, but no length or count is trusted).
-//! Names are bytes as stored. `map()` gives each file's runs on the volume with holes;
-//! `used_blocks()` gives the volume's used blocks from the bitmaps.
+//! (legacy, half-MD4 and TEA hashes, signed and unsigned), and largedir; inline_data
+//! files, directories and symlinks; fast and slow symlinks; huge_file; extra_isize
+//! nanosecond timestamps and the epoch bits (dates after 2038); 32-bit uids and gids;
+//! device nodes, fifos and sockets; directories with and without the filetype feature;
+//! metadata_csum and gdt_csum volumes (checksums are not verified, but no length or count
+//! is trusted). Names are bytes as stored. `map()` gives each file's runs on the volume
+//! with holes; `used_blocks()` gives the volume's used blocks from the bitmaps. `kind()`
+//! says "ext2", "ext3" or "ext4" by the features, as `blkid` does.
 //!
 //! Refused, by name ([`Error::Unsupported`]): encrypted files and directories (encrypt
 //! feature with an inode's ENCRYPT flag; only those inodes, the rest stays readable),

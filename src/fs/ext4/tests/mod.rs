@@ -560,7 +560,10 @@ fn hostile_structures() {
     // every level, so a 1 TiB size maps 2^24 pointers that all name block X.
     let used = fs.used_blocks().unwrap();
     let x = used.last().unwrap().end;
-    assert!(x < fs.blocks_count(), "a free block after the last used one");
+    assert!(
+        x < fs.blocks_count(),
+        "a free block after the last used one"
+    );
     let xo = (x * 1024) as usize;
     for i in 0..256 {
         put32(&mut base, xo + i * 4, x as u32);
