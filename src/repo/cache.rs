@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 const BLOBS: TableDefinition<[u8; 32], [u8; 45]> = TableDefinition::new("blobs");
 const PACKS: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("packs");
 const FILES: TableDefinition<&str, ()> = TableDefinition::new("index_files");
+/// Chunk tables known to have every chunk in the index: a backup may reuse them unread.
+/// Index files only ever add blobs, so the set stays true until an index file vanishes
+/// (prune, repair), which rebuilds the cache and empties it.
+const COMPLETE: TableDefinition<[u8; 32], ()> = TableDefinition::new("complete_tables");
 
 /// Page cache cap: what keeps the cache's memory bounded.
 const CACHE_BYTES: usize = 64 << 20;
@@ -114,12 +118,14 @@ impl IndexCache {
     }
 
     /// Brings the cache in line with the repository's `index/` folder: merges new files,
-    /// and rebuilds from scratch if a merged file is gone.
+    /// and rebuilds from scratch if a merged file is gone. An index file that is damaged is
+    /// left out (and tried again next time): the blobs it names are unavailable until
+    /// `cairn repair index`, but everything else reads. Returns the files left out.
     pub fn sync(
         &self,
         backend: &dyn Backend,
         read: &dyn Fn(&str) -> Result<IndexFile>,
-    ) -> Result<()> {
+    ) -> Result<Vec<(String, Error)>> {
         let listed: HashSet<String> = backend.list("index")?.into_iter().collect();
         let merged: HashSet<String> = {
             let tx = self.db.begin_read().map_err(db_err)?;
@@ -138,6 +144,7 @@ impl IndexCache {
             tx.delete_table(BLOBS).map_err(db_err)?;
             tx.delete_table(PACKS).map_err(db_err)?;
             tx.delete_table(FILES).map_err(db_err)?;
+            tx.delete_table(COMPLETE).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
             return self.merge(listed.iter(), read);
         }
@@ -148,14 +155,31 @@ impl IndexCache {
         &self,
         names: impl Iterator<Item = &'a String>,
         read: &dyn Fn(&str) -> Result<IndexFile>,
-    ) -> Result<()> {
+    ) -> Result<Vec<(String, Error)>> {
         let mut names: Vec<&String> = names.collect();
         names.sort();
+        let mut skipped = Vec::new();
         for name in names {
-            let idx = read(name)?;
-            self.add(name, &idx)?;
+            match read(name) {
+                Ok(idx) => self.add(name, &idx)?,
+                Err(e @ Error::Corrupt { .. }) => skipped.push((name.clone(), e)),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(())
+        Ok(skipped)
+    }
+
+    /// Records that every chunk of these tables is in the index.
+    pub fn mark_complete<'a>(&self, tables: impl Iterator<Item = &'a Id>) -> Result<()> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(redb::Durability::None).map_err(db_err)?;
+        {
+            let mut t = tx.open_table(COMPLETE).map_err(db_err)?;
+            for id in tables {
+                t.insert(id.0, ()).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
     }
 
     /// Records a newly written (or newly found) index file.
@@ -201,13 +225,23 @@ impl IndexCache {
             Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(db_err(e)),
         };
-        Ok(CacheReader { blobs, packs })
+        let complete = match tx.open_table(COMPLETE) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(CacheReader {
+            blobs,
+            packs,
+            complete,
+        })
     }
 }
 
 pub struct CacheReader {
     blobs: Option<redb::ReadOnlyTable<[u8; 32], [u8; 45]>>,
     packs: Option<redb::ReadOnlyTable<[u8; 32], [u8; 32]>>,
+    complete: Option<redb::ReadOnlyTable<[u8; 32], ()>>,
 }
 
 impl CacheReader {
@@ -222,6 +256,14 @@ impl CacheReader {
 
     pub fn contains(&self, id: &Id) -> Result<bool> {
         Ok(self.get(id)?.is_some())
+    }
+
+    /// True if table `id` was recorded as having every chunk in the index.
+    pub fn is_complete(&self, id: &Id) -> Result<bool> {
+        let Some(t) = &self.complete else {
+            return Ok(false);
+        };
+        Ok(t.get(id.0).map_err(db_err)?.is_some())
     }
 
     /// The sealing salt of a pack, as its index entry recorded it.

@@ -242,10 +242,16 @@ impl Repository {
         Ok(format!("index/{id}"))
     }
 
-    /// The local index cache, brought up to date with `index/`.
+    /// The local index cache, brought up to date with `index/`. Damaged index files are
+    /// left out with a warning on stderr: what they name is unavailable, the rest reads.
     pub fn index_cache(&self) -> Result<IndexCache> {
         let cache = IndexCache::open(&self.cache_root.join(&self.config.id))?;
-        cache.sync(&*self.backend, &|name| self.read_index(name))?;
+        for (name, e) in cache.sync(&*self.backend, &|name| self.read_index(name))? {
+            eprintln!(
+                "cairn: warning: index file {name} cannot be read and was left out ({e}); \
+                 the blobs it names are unavailable until `cairn repair index`"
+            );
+        }
         Ok(cache)
     }
 
