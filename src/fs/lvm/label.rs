@@ -93,7 +93,10 @@ fn parse_label(s: &[u8; 512], n: u64) -> Result<Label> {
     let off = le.u32(20)? as usize;
     let ph = Le::new(s.get(off..).unwrap_or(&[]), "LVM2 PV header");
     let uuid = ph.bytes(0, 32)?;
-    if !uuid.iter().all(|c| c.is_ascii_alphanumeric() || b"!#".contains(c)) {
+    if !uuid
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || b"!#".contains(c))
+    {
         return Err(Error::Guest(format!(
             "LVM2 PV header in sector {n}: the PV UUID is not text (damaged?)"
         )));
@@ -181,7 +184,13 @@ pub fn read_mda(dev: &dyn BlockRead, offset: u64, size: u64) -> Result<Option<St
     let first = t_size.min(mda_size - t_off);
     let mut text = read_vec(dev, start + t_off, first, MAX_TEXT, &what)?;
     if first < t_size {
-        let rest = read_vec(dev, start + MDA_HEADER_SIZE, t_size - first, MAX_TEXT, &what)?;
+        let rest = read_vec(
+            dev,
+            start + MDA_HEADER_SIZE,
+            t_size - first,
+            MAX_TEXT,
+            &what,
+        )?;
         text.extend_from_slice(&rest);
     }
     let computed = crc(INITIAL_CRC, &text);

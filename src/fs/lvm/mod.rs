@@ -186,11 +186,10 @@ fn build(
         let len = per.checked_mul(ext).ok_or("segment size overflows")?;
         let mut areas: Vec<Dev> = Vec::with_capacity(s.stripes.len());
         for (key, pe) in &s.stripes {
-            let pv = vg
-                .pvs
-                .iter()
-                .find(|p| p.key == *key)
-                .ok_or_else(|| format!("a segment lies on {key}, which the VG does not list"))?;
+            let pv =
+                vg.pvs.iter().find(|p| p.key == *key).ok_or_else(|| {
+                    format!("a segment lies on {key}, which the VG does not list")
+                })?;
             let uuid = label::dashed(&pv.id);
             let dev = devs
                 .get(&pv.id)

@@ -104,7 +104,10 @@ fn lv(name: &str, visible: bool, segs: &[&str]) -> String {
     } else {
         "[\"READ\", \"WRITE\"]"
     };
-    let mut t = format!("{name} {{\nid = \"x\"\nstatus = {status}\nsegment_count = {}\n", segs.len());
+    let mut t = format!(
+        "{name} {{\nid = \"x\"\nstatus = {status}\nsegment_count = {}\n",
+        segs.len()
+    );
     for (i, s) in segs.iter().enumerate() {
         t += &format!("segment{} {{\n{s}\n}}\n", i + 1);
     }
@@ -190,7 +193,11 @@ fn hand_built_pv() {
     for c in 0..got.len() / 1024 {
         let area = if c % 2 == 0 { at(10) } else { at(20) };
         let src = area + (c / 2) * 1024;
-        assert_eq!(&got[c * 1024..(c + 1) * 1024], &base[src..src + 1024], "chunk {c}");
+        assert_eq!(
+            &got[c * 1024..(c + 1) * 1024],
+            &base[src..src + 1024],
+            "chunk {c}"
+        );
     }
     let mut odd = vec![0u8; 3000];
     st.read_at(1500, &mut odd).unwrap();
@@ -198,10 +205,16 @@ fn hand_built_pv() {
     assert!(st.read_at(8 * ext as u64 - 10, &mut odd).is_err());
 
     let e = lvs[2].dev.as_ref().err().unwrap();
-    assert!(e.contains("\"thin\" (thin provisioning) is not supported"), "{e}");
+    assert!(
+        e.contains("\"thin\" (thin provisioning) is not supported"),
+        "{e}"
+    );
     assert_eq!(lvs[2].size, 4 * ext as u64);
     let e = lvs[3].dev.as_ref().err().unwrap();
-    assert!(e.contains("HHHHHH-iiii-JJJJ-kkkk-LLLL-mmmm-NNNNNN (pv1) is missing"), "{e}");
+    assert!(
+        e.contains("HHHHHH-iiii-JJJJ-kkkk-LLLL-mmmm-NNNNNN (pv1) is missing"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -229,15 +242,30 @@ fn metadata_wraps_around_its_ring() {
 fn newest_copy_wins_and_damage_is_reported() {
     let lvs5 = lv("old", true, &[&linear(0, 1, "pv0", 0)]);
     let lvs6 = lv("new", true, &[&linear(0, 1, "pv0", 0)]);
-    let (t5, t6) = (vg_text(5, &[(PV0, 200)], &lvs5), vg_text(6, &[(PV0, 200)], &lvs6));
+    let (t5, t6) = (
+        vg_text(5, &[(PV0, 200)], &lvs5),
+        vg_text(6, &[(PV0, 200)], &lvs6),
+    );
     let end = (2 * MIB - 64 * 1024) as u64;
     let make = |flags6: u32| {
         pv_image(
             PV0,
             2 * MIB,
             &[
-                Mda { off: 4096, size: 60 << 10, text: &t5, text_off: 4096, flags: 0 },
-                Mda { off: end, size: 64 << 10, text: &t6, text_off: 512, flags: flags6 },
+                Mda {
+                    off: 4096,
+                    size: 60 << 10,
+                    text: &t5,
+                    text_off: 4096,
+                    flags: 0,
+                },
+                Mda {
+                    off: end,
+                    size: 64 << 10,
+                    text: &t6,
+                    text_off: 512,
+                    flags: flags6,
+                },
             ],
         )
     };
@@ -254,7 +282,17 @@ fn newest_copy_wins_and_damage_is_reported() {
     assert!(e.contains("metadata area") && e.contains("checksum"), "{e}");
 
     // Across PVs of one VG, the newest metadata describes the VG.
-    let img_a = pv_image(PV0, 2 * MIB, &[Mda { off: 4096, size: 60 << 10, text: &t5, text_off: 512, flags: 0 }]);
+    let img_a = pv_image(
+        PV0,
+        2 * MIB,
+        &[Mda {
+            off: 4096,
+            size: 60 << 10,
+            text: &t5,
+            text_off: 512,
+            flags: 0,
+        }],
+    );
     let mut pvs = Vec::new();
     for img in [img_a, make(0)] {
         let dev: Dev = Arc::new(MemDisk(img));
@@ -267,7 +305,10 @@ fn newest_copy_wins_and_damage_is_reported() {
     // A damaged label is an error; no label, nothing.
     let mut bad = img.clone();
     bad[512 + 40] ^= 1;
-    assert!(probe(&MemDisk(bad)).unwrap_err().to_string().contains("label"));
+    assert!(probe(&MemDisk(bad))
+        .unwrap_err()
+        .to_string()
+        .contains("label"));
     assert!(probe(&MemDisk(vec![0; MIB])).unwrap().is_none());
     assert!(probe(&MemDisk(vec![0; 100])).unwrap().is_none());
 }
@@ -286,11 +327,26 @@ fn bad_segments_refuse_their_lv_only() {
     ]
     .concat();
     let text = vg_text(1, &[(PV0, 256)], &lvs);
-    let img = pv_image(PV0, 2 * MIB, &[Mda { off: 4096, size: 60 << 10, text: &text, text_off: 512, flags: 0 }]);
+    let img = pv_image(
+        PV0,
+        2 * MIB,
+        &[Mda {
+            off: 4096,
+            size: 60 << 10,
+            text: &text,
+            text_off: 512,
+            flags: 0,
+        }],
+    );
     let lvs = lvs_of(img);
     let why: Vec<(&str, String)> = lvs
         .iter()
-        .map(|l| (l.name.as_str(), l.dev.as_ref().err().cloned().unwrap_or_default()))
+        .map(|l| {
+            (
+                l.name.as_str(),
+                l.dev.as_ref().err().cloned().unwrap_or_default(),
+            )
+        })
         .collect();
     let expect = [
         ("gap", "gap or overlap"),
@@ -317,7 +373,10 @@ struct Patched {
 
 impl Patched {
     fn byte(&self, at: usize) -> u8 {
-        self.patch.get(&at).copied().unwrap_or_else(|| self.base.get(at).copied().unwrap_or(0))
+        self.patch
+            .get(&at)
+            .copied()
+            .unwrap_or_else(|| self.base.get(at).copied().unwrap_or(0))
     }
 
     fn bytes(&self, at: usize, n: usize) -> Vec<u8> {
@@ -365,7 +424,10 @@ impl BlockRead for Patched {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         read_slice(&self.base, offset, buf)?;
-        for (&at, &v) in self.patch.range(offset as usize..offset as usize + buf.len()) {
+        for (&at, &v) in self
+            .patch
+            .range(offset as usize..offset as usize + buf.len())
+        {
             buf[at - offset as usize] = v;
         }
         Ok(())
@@ -391,7 +453,13 @@ struct Stats {
 /// Probes, assembles and reads mutated versions of `image`: every case must end within
 /// 20 s, without a panic or an allocation over 256 MiB. Half the cases fix the checksums
 /// after mutating, so the metadata parser sees the damage.
-fn mutate_pv(image: Vec<u8>, hot: &[std::ops::Range<usize>], mdas: &[usize], cases: usize, seed: u64) -> Stats {
+fn mutate_pv(
+    image: Vec<u8>,
+    hot: &[std::ops::Range<usize>],
+    mdas: &[usize],
+    cases: usize,
+    seed: u64,
+) -> Stats {
     let base = Arc::new(image);
     let len = base.len();
     let mut st = Stats::default();
@@ -403,9 +471,16 @@ fn mutate_pv(image: Vec<u8>, hot: &[std::ops::Range<usize>], mdas: &[usize], cas
         rng
     };
     for case in 0..cases {
-        let mut dev = Patched { base: base.clone(), patch: BTreeMap::new() };
+        let mut dev = Patched {
+            base: base.clone(),
+            patch: BTreeMap::new(),
+        };
         for _ in 0..1 + next() % 8 {
-            let r = if next() % 8 != 0 { hot[(next() % hot.len() as u64) as usize].clone() } else { 0..len };
+            let r = if next() % 8 != 0 {
+                hot[(next() % hot.len() as u64) as usize].clone()
+            } else {
+                0..len
+            };
             let at = (r.start + (next() as usize % (r.end - r.start).max(1))).min(len - 1);
             for i in at..(at + 1 + (next() % 4) as usize).min(len) {
                 let v = match next() % 6 {
@@ -449,7 +524,10 @@ fn mutate_pv(image: Vec<u8>, hot: &[std::ops::Range<usize>], mdas: &[usize], cas
         });
         match rx.recv_timeout(std::time::Duration::from_secs(20)) {
             Ok((Ok((probed, read)), peak)) => {
-                assert!(peak <= 256 << 20, "case {case} (seed {seed:#x}): one allocation of {peak} bytes");
+                assert!(
+                    peak <= 256 << 20,
+                    "case {case} (seed {seed:#x}): one allocation of {peak} bytes"
+                );
                 st.probed += probed as usize;
                 st.errors += !probed as usize;
                 st.lvs_read += read;
@@ -476,7 +554,13 @@ fn fuzz_lvm() {
     let cases = crate::fs::testutil::fuzz_cases(1500);
     // Hand-built: metadata wrapping around, striped, refused and hidden LVs.
     let text = vg_text(3, &[(PV0, 256), (PV1, 256)], &standard_lvs());
-    let mda = Mda { off: 4096, size: 8192, text: &text, text_off: 8192 - 700, flags: 0 };
+    let mda = Mda {
+        off: 4096,
+        size: 8192,
+        text: &text,
+        text_off: 8192 - 700,
+        flags: 0,
+    };
     let mut img = pv_image(PV0, 2 * MIB, &[mda]);
     pattern(&mut img);
     let hot = vec![0..2048, 4096..4096 + 8192];

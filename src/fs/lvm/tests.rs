@@ -74,7 +74,11 @@ fn lvm(cmd: &str, args: &[&str], loops: &[&Loop]) -> String {
 /// A VG name no other test (or process) uses.
 fn vg_name() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("cairn{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "cairn{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn sparse(path: &Path, mib: u64) {
@@ -144,13 +148,23 @@ fn tool_segments(vg: &str, lv: &str, loops: &[&Loop]) -> Vec<ToolSeg> {
 fn pe_start_of(dev: &str, loops: &[&Loop]) -> u64 {
     num(&lvm(
         "pvs",
-        &["--noheadings", "--units", "b", "--nosuffix", "-o", "pe_start", dev],
+        &[
+            "--noheadings",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            "pe_start",
+            dev,
+        ],
         loops,
     ))
 }
 
 fn num(s: &str) -> u64 {
-    s.trim().parse().unwrap_or_else(|_| panic!("not a number: {s:?}"))
+    s.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number: {s:?}"))
 }
 
 /// The bytes `vg/lv` holds, gathered from the image files where the tools say its
@@ -159,7 +173,15 @@ fn tool_bytes(vg: &str, lv: &str, backing: &[Backing]) -> Vec<u8> {
     let loops: Vec<&Loop> = backing.iter().map(|b| b.lo).collect();
     let ext = num(&lvm(
         "vgs",
-        &["--noheadings", "--units", "b", "--nosuffix", "-o", "vg_extent_size", vg],
+        &[
+            "--noheadings",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            "vg_extent_size",
+            vg,
+        ],
         &loops,
     ));
     let mut out = Vec::new();
@@ -170,7 +192,8 @@ fn tool_bytes(vg: &str, lv: &str, backing: &[Backing]) -> Vec<u8> {
             let pe_start = pe_start_of(dev, &loops);
             let mut buf = vec![0u8; ((b - a + 1) * ext) as usize];
             let f = std::fs::File::open(&bk.img).unwrap();
-            f.read_exact_at(&mut buf, bk.base + pe_start + a * ext).unwrap();
+            f.read_exact_at(&mut buf, bk.base + pe_start + a * ext)
+                .unwrap();
             stripes.push(buf);
         }
         if stripes.len() == 1 {
@@ -210,12 +233,24 @@ fn first_extent_at(vg: &str, lv: &str, backing: &[Backing]) -> (PathBuf, u64, u6
     let (dev, a, b) = &segs[0].ranges[0];
     let ext = num(&lvm(
         "vgs",
-        &["--noheadings", "--units", "b", "--nosuffix", "-o", "vg_extent_size", vg],
+        &[
+            "--noheadings",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            "vg_extent_size",
+            vg,
+        ],
         &loops,
     ));
     let pe_start = pe_start_of(dev, &loops);
     let bk = backing.iter().find(|b| &b.lo.dev == dev).unwrap();
-    (bk.img.clone(), bk.base + pe_start + a * ext, (b - a + 1) * ext)
+    (
+        bk.img.clone(),
+        bk.base + pe_start + a * ext,
+        (b - a + 1) * ext,
+    )
 }
 
 fn fill_random(img: &Path, offset: u64, len: u64, seed: u64) {
@@ -262,7 +297,10 @@ fn check_lv(lvs: &[LogicalVolume], vg: &str, lv: &str, backing: &[Backing], ext4
         .iter()
         .find(|l| l.vg == vg && l.name == lv)
         .unwrap_or_else(|| panic!("{vg}/{lv} not found"));
-    let dev = got.dev.as_ref().unwrap_or_else(|e| panic!("{vg}/{lv}: {e}"));
+    let dev = got
+        .dev
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{vg}/{lv}: {e}"));
     let want = tool_bytes(vg, lv, backing);
     assert_eq!(got.size, want.len() as u64, "{vg}/{lv}: size");
     assert_eq!(dev.size(), got.size);
@@ -289,15 +327,27 @@ fn two_lvs_one_in_two_segments() {
     let l = [&lo];
     lvm("pvcreate", &[&lo.dev], &l);
     lvm("vgcreate", &["-s", "1M", &vg, &lo.dev], &l);
-    lvm("lvcreate", &["-an", "-Zn", "-L", "4M", "-n", "lv1", &vg], &l);
-    lvm("lvcreate", &["-an", "-Zn", "-L", "3M", "-n", "lv2", &vg], &l);
+    lvm(
+        "lvcreate",
+        &["-an", "-Zn", "-L", "4M", "-n", "lv1", &vg],
+        &l,
+    );
+    lvm(
+        "lvcreate",
+        &["-an", "-Zn", "-L", "3M", "-n", "lv2", &vg],
+        &l,
+    );
     lvm("lvextend", &["-L", "+2M", &format!("{vg}/lv1")], &l);
     let backing = [Backing {
         lo: &lo,
         img: img.clone(),
         base: 0,
     }];
-    assert_eq!(tool_segments(&vg, "lv1", &l).len(), 2, "lv1 is not in two pieces");
+    assert_eq!(
+        tool_segments(&vg, "lv1", &l).len(),
+        2,
+        "lv1 is not in two pieces"
+    );
     // ext4 at the start of each LV; random bytes in lv1's second piece.
     for lv in ["lv1", "lv2"] {
         let (path, at, len) = first_extent_at(&vg, lv, &backing);
@@ -353,14 +403,27 @@ fn pv_inside_a_gpt_partition() {
 
     let lo = Loop::attach(
         &img,
-        &["-o", &p.start.to_string(), "--sizelimit", &p.len.to_string()],
+        &[
+            "-o",
+            &p.start.to_string(),
+            "--sizelimit",
+            &p.len.to_string(),
+        ],
     );
     let vg = vg_name();
     let l = [&lo];
     lvm("pvcreate", &[&lo.dev], &l);
     lvm("vgcreate", &["-s", "2M", &vg, &lo.dev], &l);
-    lvm("lvcreate", &["-an", "-Zn", "-L", "10M", "-n", "root", &vg], &l);
-    lvm("lvcreate", &["-an", "-Zn", "-L", "6M", "-n", "home", &vg], &l);
+    lvm(
+        "lvcreate",
+        &["-an", "-Zn", "-L", "10M", "-n", "root", &vg],
+        &l,
+    );
+    lvm(
+        "lvcreate",
+        &["-an", "-Zn", "-L", "6M", "-n", "home", &vg],
+        &l,
+    );
     let backing = [Backing {
         lo: &lo,
         img: img.clone(),
@@ -392,9 +455,15 @@ fn vg_across_two_disks_linear_and_striped() {
     let l = [&la, &lb];
     lvm("pvcreate", &[&la.dev, &lb.dev], &l);
     lvm("vgcreate", &["-s", "1M", &vg, &la.dev, &lb.dev], &l);
-    let st = ["-an", "-Zn", "-i", "2", "-I", "64k", "-L", "6M", "-n", "st", &vg];
+    let st = [
+        "-an", "-Zn", "-i", "2", "-I", "64k", "-L", "6M", "-n", "st", &vg,
+    ];
     lvm("lvcreate", &st, &l);
-    lvm("lvcreate", &["-an", "-Zn", "-L", "20M", "-n", "span", &vg], &l);
+    lvm(
+        "lvcreate",
+        &["-an", "-Zn", "-L", "20M", "-n", "span", &vg],
+        &l,
+    );
     let backing = [
         Backing {
             lo: &la,
@@ -407,7 +476,11 @@ fn vg_across_two_disks_linear_and_striped() {
             base: 0,
         },
     ];
-    assert_eq!(tool_segments(&vg, "span", &l).len(), 2, "span is not on both PVs");
+    assert_eq!(
+        tool_segments(&vg, "span", &l).len(),
+        2,
+        "span is not on both PVs"
+    );
     assert_eq!(tool_segments(&vg, "st", &l)[0].ranges.len(), 2);
     // Random bytes over every extent both LVs use, so the interleaving shows.
     for lv in ["st", "span"] {
@@ -461,4 +534,73 @@ pub(super) fn tool_pv_image() -> Vec<u8> {
         }
     }
     crate::fs::testutil::load(&img)
+}
+
+/// The committed metadata text's (offset, size) in the first metadata area, and the
+/// area's size, as the image file holds them.
+fn raw_locn(img: &Path) -> (u64, u64, u64) {
+    let mut h = [0u8; 64];
+    std::fs::File::open(img)
+        .unwrap()
+        .read_exact_at(&mut h, 4096)
+        .unwrap();
+    let u = |a: usize| u64::from_le_bytes(h[a..a + 8].try_into().unwrap());
+    (u(40), u(48), u(32))
+}
+
+#[test]
+fn metadata_wrapped_around_by_the_tools() {
+    if !have_lvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("pv.img");
+    sparse(&img, 16);
+    let lo = Loop::attach(&img, &[]);
+    let vg = vg_name();
+    let l = [&lo];
+    // A small metadata area (60 KiB), then ~2 KiB of tags per commit until the newest
+    // copy runs past the end of the area and continues after its header.
+    let small = ["--metadatasize", "32k", "--dataalignment", "64k", &lo.dev];
+    lvm("pvcreate", &small, &l);
+    lvm("vgcreate", &["-s", "64k", &vg, &lo.dev], &l);
+    lvm("lvcreate", &["-an", "-Zn", "-L", "1M", "-n", "lv", &vg], &l);
+    let mut round = 0;
+    loop {
+        let (off, size, area) = raw_locn(&img);
+        if off + size > area {
+            break;
+        }
+        round += 1;
+        assert!(round < 20, "the metadata never wrapped around");
+        let mut args = Vec::new();
+        for j in 0..10 {
+            args.push("--addtag".to_string());
+            args.push(format!("r{round}t{j}{}", "x".repeat(200)));
+        }
+        args.push(vg.clone());
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        lvm("vgchange", &args, &l);
+    }
+    let (path, at, len) = first_extent_at(
+        &vg,
+        "lv",
+        &[Backing {
+            lo: &lo,
+            img: img.clone(),
+            base: 0,
+        }],
+    );
+    mkfs_at(&path, at, len);
+    let pv = probe(&FileDisk::open(&img).unwrap()).unwrap().unwrap();
+    let seqno = num(&lvm("vgs", &["--noheadings", "-o", "vg_seqno", &vg], &l));
+    assert_eq!(pv.seqno, seqno);
+    assert!(pv.metadata.contains(&format!("r{round}t9")));
+    let backing = [Backing {
+        lo: &lo,
+        img: img.clone(),
+        base: 0,
+    }];
+    let lvs = reader_lvs(&[(img.clone(), 0, 16 << 20)]);
+    check_lv(&lvs, &vg, "lv", &backing, true);
 }

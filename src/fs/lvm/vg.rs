@@ -100,7 +100,11 @@ pub fn interpret(text: &str) -> Result<Vg> {
         .filter(|&n| n > 0)
         .ok_or_else(|| Error::Guest(format!("LVM2 metadata of VG {name}: no extent_size")))?;
     let mut pvs = Vec::new();
-    for (key, pv) in s.section("physical_volumes").into_iter().flat_map(|p| p.sections()) {
+    for (key, pv) in s
+        .section("physical_volumes")
+        .into_iter()
+        .flat_map(|p| p.sections())
+    {
         let (Some(id), Some(pe_start)) = (pv.str("id"), pv.uint("pe_start")) else {
             // A PV entry without an id or pe_start: segments on it report "unknown PV".
             continue;
@@ -115,7 +119,11 @@ pub fn interpret(text: &str) -> Result<Vg> {
         });
     }
     let mut lvs = Vec::new();
-    for (key, lv) in s.section("logical_volumes").into_iter().flat_map(|l| l.sections()) {
+    for (key, lv) in s
+        .section("logical_volumes")
+        .into_iter()
+        .flat_map(|l| l.sections())
+    {
         lvs.push(Lv {
             name: key.to_string(),
             visible: lv.strings("status").contains(&"VISIBLE"),

@@ -62,7 +62,9 @@ pub(super) fn read(dev: &dyn BlockRead, mut warnings: Vec<String>) -> Result<Par
         .iter()
         .find(|r| r.2)
         .or(reasons.first())
-        .map_or_else(String::new, |r| format!("{} (with {}-byte sectors)", r.1, r.0));
+        .map_or_else(String::new, |r| {
+            format!("{} (with {}-byte sectors)", r.1, r.0)
+        });
     for ss in SECTOR_SIZES {
         let sectors = dev.size() / ss as u64;
         if sectors < 3 {
@@ -118,7 +120,9 @@ fn load(dev: &dyn BlockRead, ss: u32, lba: u64) -> std::result::Result<Table, (S
     let f = |r: Result<u64>| r.map_err(|e| signed(e.to_string()));
     let hsize = f(le.u32(12).map(u64::from))?;
     if !(92..=ss64).contains(&hsize) {
-        return Err(signed(format!("header size {hsize} is not within 92..={ss}")));
+        return Err(signed(format!(
+            "header size {hsize} is not within 92..={ss}"
+        )));
     }
     let stored = f(le.u32(16).map(u64::from))? as u32;
     // hsize <= ss = sec.len(), checked above.
@@ -132,7 +136,9 @@ fn load(dev: &dyn BlockRead, ss: u32, lba: u64) -> std::result::Result<Table, (S
     }
     let my_lba = f(le.u64(24))?;
     if my_lba != lba {
-        return Err(signed(format!("header says it lies at LBA {my_lba}, not {lba}")));
+        return Err(signed(format!(
+            "header says it lies at LBA {my_lba}, not {lba}"
+        )));
     }
     let header = Header {
         alt_lba: f(le.u64(32))?,
@@ -201,7 +207,9 @@ fn build(dev: &dyn BlockRead, ss: u32, t: Table, mut warnings: Vec<String>) -> P
             continue;
         }
         let start = first.checked_mul(ss64);
-        let len = (last - first).checked_add(1).and_then(|n| n.checked_mul(ss64));
+        let len = (last - first)
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(ss64));
         let (start, len) = match (start, len) {
             (Some(s), Some(l)) if s.checked_add(l).is_some_and(|end| end <= disk) => (s, l),
             _ => {
@@ -279,7 +287,12 @@ fn parse_entry(e: &[u8]) -> Option<Entry> {
 /// two as bytes.
 pub(super) fn guid(b: &[u8; 16]) -> String {
     let hex = |r: &[u8]| r.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let rev = |r: &[u8]| r.iter().rev().map(|x| format!("{x:02x}")).collect::<String>();
+    let rev = |r: &[u8]| {
+        r.iter()
+            .rev()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    };
     format!(
         "{}-{}-{}-{}-{}",
         rev(&b[0..4]),

@@ -140,7 +140,9 @@ fn chain(
         }
         let mut sec = [0u8; 512];
         if !fits(cur * SECTOR, 512, dev.size()) {
-            warnings.push(format!("MBR: EBR at LBA {cur} lies past the end of the disk"));
+            warnings.push(format!(
+                "MBR: EBR at LBA {cur} lies past the end of the disk"
+            ));
             return Ok(());
         }
         dev.read_at(cur * SECTOR, &mut sec)?;

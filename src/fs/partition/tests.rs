@@ -39,7 +39,10 @@ fn sfdisk_json(path: &Path) -> Vec<serde_json::Value> {
         .unwrap();
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["partitiontable"]["partitions"].as_array().unwrap().clone()
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// The number at the end of a node name ("disk.img12" → 12).
@@ -58,14 +61,29 @@ fn assert_like_sfdisk(t: &PartitionTable, path: &Path, ss: u64) {
     assert_eq!(t.partitions.len(), want.len(), "{:#?}", t.partitions);
     for (p, w) in t.partitions.iter().zip(&want) {
         assert_eq!(p.number, node_number(w["node"].as_str().unwrap()));
-        assert_eq!(p.start, w["start"].as_u64().unwrap() * ss, "start of {}", p.number);
-        assert_eq!(p.len, w["size"].as_u64().unwrap() * ss, "size of {}", p.number);
+        assert_eq!(
+            p.start,
+            w["start"].as_u64().unwrap() * ss,
+            "start of {}",
+            p.number
+        );
+        assert_eq!(
+            p.len,
+            w["size"].as_u64().unwrap() * ss,
+            "size of {}",
+            p.number
+        );
         let ty = w["type"].as_str().unwrap().to_lowercase();
         match t.kind {
             TableKind::Gpt => assert_eq!(p.type_id, ty),
             TableKind::Mbr => assert_eq!(p.type_id, format!("0x{ty:0>2}")),
         }
-        assert_eq!(p.name.as_deref(), w["name"].as_str(), "name of {}", p.number);
+        assert_eq!(
+            p.name.as_deref(),
+            w["name"].as_str(),
+            "name of {}",
+            p.number
+        );
         if let Some(u) = w["uuid"].as_str() {
             assert_eq!(p.guid.as_deref(), Some(u.to_lowercase().as_str()));
         }
@@ -159,7 +177,9 @@ fn gpt_damaged_primary_falls_back_to_backup() {
         let t = read(&MemDisk(bad)).unwrap().expect("the backup GPT");
         assert_eq!(t.partitions, want);
         assert!(
-            t.warnings.iter().any(|w| w.contains("backup header at LBA 32767 is used")),
+            t.warnings
+                .iter()
+                .any(|w| w.contains("backup header at LBA 32767 is used")),
             "{:?}",
             t.warnings
         );
@@ -207,7 +227,8 @@ fn whole_disk_filesystems_have_no_table() {
         for fat in ["12", "16", "32"] {
             let img = dir.path().join(format!("fat{fat}.img"));
             let f = std::fs::File::create(&img).unwrap();
-            f.set_len(if fat == "12" { 4 << 20 } else { 40 << 20 }).unwrap();
+            f.set_len(if fat == "12" { 4 << 20 } else { 40 << 20 })
+                .unwrap();
             sh("mkfs.vfat", &["-F", fat, img.to_str().unwrap()]);
             let t = read(&open(&img)).unwrap();
             assert!(t.is_none(), "FAT{fat} read as a table: {t:?}");
@@ -280,18 +301,34 @@ fn hostile_mbrs() {
     let mib = 1usize << 20;
     let mut disk = vec![0u8; 8 * mib];
     // Extended 2048..+8192 whose EBR links back to itself, holding one logical.
-    put(&mut disk, 0, &mbr_sector(&[(0, 0x83, 100, 100), (0, 0x05, 2048, 8192)]));
-    put(&mut disk, 2048, &mbr_sector(&[(0, 0x83, 64, 64), (0, 0x05, 0, 100)]));
+    put(
+        &mut disk,
+        0,
+        &mbr_sector(&[(0, 0x83, 100, 100), (0, 0x05, 2048, 8192)]),
+    );
+    put(
+        &mut disk,
+        2048,
+        &mbr_sector(&[(0, 0x83, 64, 64), (0, 0x05, 0, 100)]),
+    );
     let t = read(&MemDisk(disk.clone())).unwrap().unwrap();
     let numbers: Vec<u32> = t.partitions.iter().map(|p| p.number).collect();
     assert_eq!(numbers, [1, 2, 5]);
-    assert!(t.warnings.iter().any(|w| w.contains("loops back")), "{:?}", t.warnings);
+    assert!(
+        t.warnings.iter().any(|w| w.contains("loops back")),
+        "{:?}",
+        t.warnings
+    );
 
     // A chain of 300 EBRs, each link one sector on: cut at 256 logical partitions.
     let mut d = disk.clone();
     for i in 0..300u32 {
         let lba = 2048 + 2 * i;
-        put(&mut d, lba as u64, &mbr_sector(&[(0, 0x83, 1, 1), (0, 0x05, 2 * i + 2, 2)]));
+        put(
+            &mut d,
+            lba as u64,
+            &mbr_sector(&[(0, 0x83, 1, 1), (0, 0x05, 2 * i + 2, 2)]),
+        );
     }
     let t = read(&MemDisk(d)).unwrap().unwrap();
     assert_eq!(t.partitions.len(), 2 + 256);
@@ -299,18 +336,32 @@ fn hostile_mbrs() {
 
     // Overlapping primaries, an EBR without a signature.
     let mut d = disk.clone();
-    put(&mut d, 0, &mbr_sector(&[(0, 0x83, 100, 100), (0, 0x83, 150, 100), (0, 0x0f, 2048, 8192)]));
+    put(
+        &mut d,
+        0,
+        &mbr_sector(&[
+            (0, 0x83, 100, 100),
+            (0, 0x83, 150, 100),
+            (0, 0x0f, 2048, 8192),
+        ]),
+    );
     let t = read(&MemDisk(d)).unwrap().unwrap();
     let numbers: Vec<u32> = t.partitions.iter().map(|p| p.number).collect();
     assert_eq!(numbers, [1, 3, 5]);
     assert!(
-        t.warnings.iter().any(|w| w.contains("partition 2 (bytes 76800..128000) overlaps")),
+        t.warnings
+            .iter()
+            .any(|w| w.contains("partition 2 (bytes 76800..128000) overlaps")),
         "{:?}",
         t.warnings
     );
 
     // Not tables: a bad boot flag, a range past the disk, a type-0 entry with a range.
-    for e in [(1, 0x83, 100, 100), (0, 0x83, 100, 1 << 20), (0, 0, 100, 100)] {
+    for e in [
+        (1, 0x83, 100, 100),
+        (0, 0x83, 100, 1 << 20),
+        (0, 0, 100, 100),
+    ] {
         let mut d = vec![0u8; 4 * mib];
         put(&mut d, 0, &mbr_sector(&[e]));
         assert!(read(&MemDisk(d)).unwrap().is_none(), "{e:?}");
