@@ -18,6 +18,8 @@
 //! not looked at; exported and clustered VGs are read like any other.
 
 mod config;
+#[cfg(test)]
+mod fuzz;
 mod label;
 #[cfg(test)]
 mod synth;

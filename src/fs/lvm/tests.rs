@@ -54,7 +54,7 @@ pub(crate) fn have_lvm() -> bool {
 }
 
 /// Runs an lvm2 command limited to `loops`, without device-mapper; its stdout.
-fn lvm(cmd: &str, args: &[&str], loops: &[&Loop]) -> String {
+pub(super) fn lvm(cmd: &str, args: &[&str], loops: &[&Loop]) -> String {
     let devices: Vec<&str> = loops.iter().map(|l| l.dev.as_str()).collect();
     let o = Command::new(cmd)
         .env("LVM_SUPPRESS_FD_WARNINGS", "1")
@@ -72,7 +72,7 @@ fn lvm(cmd: &str, args: &[&str], loops: &[&Loop]) -> String {
 }
 
 /// A VG name no other test (or process) uses.
-fn vg_name() -> String {
+pub(super) fn vg_name() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     format!(
         "cairn{}x{}",
@@ -81,7 +81,7 @@ fn vg_name() -> String {
     )
 }
 
-fn sparse(path: &Path, mib: u64) {
+pub(super) fn sparse(path: &Path, mib: u64) {
     std::fs::File::create(path)
         .unwrap()
         .set_len(mib << 20)
@@ -89,10 +89,10 @@ fn sparse(path: &Path, mib: u64) {
 }
 
 /// Where a loop device's bytes lie: its image file and offset in it.
-struct Backing<'a> {
-    lo: &'a Loop,
-    img: PathBuf,
-    base: u64,
+pub(super) struct Backing<'a> {
+    pub lo: &'a Loop,
+    pub img: PathBuf,
+    pub base: u64,
 }
 
 /// One segment as the tools report it: stripe size in bytes, and per stripe the device
@@ -212,7 +212,7 @@ fn tool_bytes(vg: &str, lv: &str, backing: &[Backing]) -> Vec<u8> {
 }
 
 /// Writes an ext4 filesystem of `len` bytes at `offset` of `img`.
-fn mkfs_at(img: &Path, offset: u64, len: u64) {
+pub(super) fn mkfs_at(img: &Path, offset: u64, len: u64) {
     crate::fs::testutil::sh(
         "mkfs.ext4",
         &[
@@ -227,7 +227,7 @@ fn mkfs_at(img: &Path, offset: u64, len: u64) {
 }
 
 /// Physical byte offset in its image of the first extent of `vg/lv`.
-fn first_extent_at(vg: &str, lv: &str, backing: &[Backing]) -> (PathBuf, u64, u64) {
+pub(super) fn first_extent_at(vg: &str, lv: &str, backing: &[Backing]) -> (PathBuf, u64, u64) {
     let loops: Vec<&Loop> = backing.iter().map(|b| b.lo).collect();
     let segs = tool_segments(vg, lv, &loops);
     let (dev, a, b) = &segs[0].ranges[0];
@@ -506,34 +506,6 @@ fn vg_across_two_disks_linear_and_striped() {
         assert!(e.contains("missing from the disks given"), "{e}");
         assert!(lv.size > 0);
     }
-}
-
-/// An 8 MiB PV made by the tools, in memory: 64 KiB extents, `a` in two pieces and `b`,
-/// each starting with ext4 (the fuzz fixture).
-pub(super) fn tool_pv_image() -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("pv.img");
-    sparse(&img, 8);
-    {
-        let lo = Loop::attach(&img, &[]);
-        let vg = vg_name();
-        let l = [&lo];
-        lvm("pvcreate", &[&lo.dev], &l);
-        lvm("vgcreate", &["-s", "64k", &vg, &lo.dev], &l);
-        lvm("lvcreate", &["-an", "-Zn", "-L", "2M", "-n", "a", &vg], &l);
-        lvm("lvcreate", &["-an", "-Zn", "-L", "2M", "-n", "b", &vg], &l);
-        lvm("lvextend", &["-L", "+512k", &format!("{vg}/a")], &l);
-        let backing = [Backing {
-            lo: &lo,
-            img: img.clone(),
-            base: 0,
-        }];
-        for lv in ["a", "b"] {
-            let (path, at, len) = first_extent_at(&vg, lv, &backing);
-            mkfs_at(&path, at, len);
-        }
-    }
-    crate::fs::testutil::load(&img)
 }
 
 /// The committed metadata text's (offset, size) in the first metadata area, and the
