@@ -154,9 +154,12 @@ pub fn read_mda(dev: &dyn BlockRead, offset: u64, size: u64) -> Result<Option<St
             "{what}: the header says the area starts at byte {start}"
         )));
     }
-    if mda_size <= MDA_HEADER_SIZE || (size != 0 && mda_size > size) {
+    let room = dev.size().saturating_sub(start);
+    if mda_size <= MDA_HEADER_SIZE || (size != 0 && mda_size > size) || mda_size > room {
         return Err(Error::Guest(format!(
-            "{what}: area size {mda_size} is not within 513..={size} (the PV header's size)"
+            "{what}: area size {mda_size} is not within 513..={} (the PV header's size and \
+             the device's end)",
+            size.min(room)
         )));
     }
     let (t_off, t_size) = (le.u64(40)?, le.u64(48)?);
@@ -180,7 +183,8 @@ pub fn read_mda(dev: &dyn BlockRead, offset: u64, size: u64) -> Result<Option<St
              bytes)"
         )));
     }
-    // The text, wrapping around to just after the header.
+    // The text, wrapping around to just after the header. start + mda_size lies inside
+    // the device (checked above), so these offsets do not overflow.
     let first = t_size.min(mda_size - t_off);
     let mut text = read_vec(dev, start + t_off, first, MAX_TEXT, &what)?;
     if first < t_size {

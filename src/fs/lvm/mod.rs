@@ -105,6 +105,17 @@ pub struct LogicalVolume {
     pub dev: std::result::Result<Dev, String>,
 }
 
+impl std::fmt::Debug for LogicalVolume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogicalVolume")
+            .field("vg", &self.vg)
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .field("dev", &self.dev.as_ref().map(|d| d.size()))
+            .finish()
+    }
+}
+
 /// The visible logical volumes of every VG that the given PVs make up (PVs of one VG may
 /// lie on several disks of the same VM), VG by VG in the order the PVs are given, LVs in
 /// metadata order. Each VG is described by the newest metadata (highest seqno) among its
@@ -225,7 +236,7 @@ fn build(
                 ));
             }
             parts.push(Arc::new(Striped {
-                size: len * n,
+                size: len.checked_mul(n).ok_or("segment size overflows")?,
                 stripes: areas,
                 chunk,
             }));

@@ -363,3 +363,54 @@ fn bad_segments_refuse_their_lv_only() {
     }
     assert!(lvs[7].dev.is_ok());
 }
+
+/// Recomputes the label and mda header checksums of a hand-edited image.
+fn rechecksum(img: &mut [u8], mda: usize) {
+    let c = crc(INITIAL_CRC, &img[mda + 4..mda + 512]);
+    put_u32(img, mda, c);
+    let c = crc(INITIAL_CRC, &img[512 + 20..1024]);
+    put_u32(img, 512 + 16, c);
+}
+
+#[test]
+fn hostile_sizes_and_offsets() {
+    let text = vg_text(1, &[(PV0, 256)], &lv("a", true, &[&linear(0, 1, "pv0", 0)]));
+    let mda = Mda {
+        off: 4096,
+        size: 60 << 10,
+        text: &text,
+        text_off: 512,
+        flags: 0,
+    };
+    let good = pv_image(PV0, 2 * MIB, &[mda]);
+    // (byte to patch, value): the mda's size in the PV header and in its own header, the
+    // text's offset and size, the PV header's offset, the mda's offset.
+    let edits: &[&[(usize, u64)]] = &[
+        &[
+            (512 + 32 + 80, u64::MAX),
+            (4096 + 32, u64::MAX),
+            (4096 + 40, u64::MAX - 10),
+        ],
+        &[
+            (4096 + 32, u64::MAX),
+            (4096 + 40, 1 << 40),
+            (4096 + 48, 1 << 40),
+        ],
+        &[(4096 + 48, (16 << 20) + 1)],
+        &[(4096 + 40, 100)],
+        &[(512 + 32 + 72, u64::MAX - 100), (512 + 32 + 80, 1000)],
+    ];
+    for e in edits {
+        let mut img = good.clone();
+        for &(at, v) in *e {
+            put_u64(&mut img, at, v);
+        }
+        rechecksum(&mut img, 4096);
+        let r = probe(&MemDisk(img));
+        assert!(r.is_err(), "{e:?}: {r:?}");
+    }
+    let mut img = good.clone();
+    put_u32(&mut img, 512 + 20, 500); // the PV header would run off the sector
+    rechecksum(&mut img, 4096);
+    assert!(probe(&MemDisk(img)).is_err());
+}
