@@ -31,6 +31,8 @@ mod mbr;
 mod types;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 use crate::blockdev::BlockRead;
