@@ -1,5 +1,6 @@
 //! Tables made by `sfdisk` on sparse image files, compared with what `sfdisk --json` says
-//! of the same image; damaged and hostile tables built by hand (the mutation run is in `fuzz.rs`).
+//! of the same image; damaged and hostile tables built by hand. The mutation run is in
+//! `fuzz.rs`.
 
 use super::fuzz::Rechecksummed;
 use super::*;
