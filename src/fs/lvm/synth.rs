@@ -93,7 +93,10 @@ pub(super) fn vg_text(seqno: u64, pvs: &[(&str, u64)], lvs: &str) -> String {
             label::dashed(uuid)
         );
     }
-    t += &format!("}}\nlogical_volumes {{\n{lvs}}}\n}}\ncontents = \"Text Format Volume Group\"\nversion = 1\n");
+    t += &format!(
+        "}}\nlogical_volumes {{\n{lvs}}}\n}}\n\
+         contents = \"Text Format Volume Group\"\nversion = 1\n"
+    );
     t
 }
 
@@ -124,14 +127,25 @@ fn linear(start: u64, count: u64, pv: &str, pe: u64) -> String {
 /// (refused), `hidden` (not listed), `far` (on pv1).
 pub(super) fn standard_lvs() -> String {
     [
-        lv("lin", true, &[&linear(0, 3, "pv0", 0), &linear(3, 2, "pv0", 40)]),
+        lv(
+            "lin",
+            true,
+            &[&linear(0, 3, "pv0", 0), &linear(3, 2, "pv0", 40)],
+        ),
         lv(
             "st",
             true,
-            &["start_extent = 0\nextent_count = 8\ntype = \"striped\"\nstripe_count = 2\n\
-               stripe_size = 2\nstripes = [\"pv0\", 10, \"pv0\", 20]"],
+            &[
+                "start_extent = 0\nextent_count = 8\ntype = \"striped\"\nstripe_count = 2\n\
+               stripe_size = 2\nstripes = [\"pv0\", 10, \"pv0\", 20]",
+            ],
         ),
-        lv("thin", true, &["start_extent = 0\nextent_count = 4\ntype = \"thin\"\nthin_pool = \"p\"\ntransaction_id = 1"]),
+        lv(
+            "thin",
+            true,
+            &["start_extent = 0\nextent_count = 4\ntype = \"thin\"\n\
+               thin_pool = \"p\"\ntransaction_id = 1"],
+        ),
         lv("hidden", false, &[&linear(0, 1, "pv0", 50)]),
         lv("far", true, &[&linear(0, 2, "pv1", 0)]),
     ]
@@ -315,12 +329,31 @@ fn newest_copy_wins_and_damage_is_reported() {
 #[test]
 fn bad_segments_refuse_their_lv_only() {
     let lvs = [
-        lv("gap", true, &[&linear(0, 1, "pv0", 0), &linear(2, 1, "pv0", 5)]),
+        lv(
+            "gap",
+            true,
+            &[&linear(0, 1, "pv0", 0), &linear(2, 1, "pv0", 5)],
+        ),
         lv("past", true, &[&linear(0, 10, "pv0", 250)]),
         lv("nokey", true, &[&linear(0, 1, "pv7", 0)]),
-        lv("oddstripes", true, &["start_extent = 0\nextent_count = 3\nstripe_count = 2\nstripe_size = 2\nstripes = [\"pv0\", 1, \"pv0\", 9]"]),
-        lv("nosize", true, &["start_extent = 0\nextent_count = 2\nstripes = [\"pv0\", 1, \"pv0\", 9]"]),
-        lv("raid", true, &["start_extent = 0\nextent_count = 2\ntype = \"raid1\""]),
+        lv(
+            "oddstripes",
+            true,
+            &[
+                "start_extent = 0\nextent_count = 3\nstripe_count = 2\nstripe_size = 2\n\
+               stripes = [\"pv0\", 1, \"pv0\", 9]",
+            ],
+        ),
+        lv(
+            "nosize",
+            true,
+            &["start_extent = 0\nextent_count = 2\nstripes = [\"pv0\", 1, \"pv0\", 9]"],
+        ),
+        lv(
+            "raid",
+            true,
+            &["start_extent = 0\nextent_count = 2\ntype = \"raid1\""],
+        ),
         lv("huge", true, &[&linear(0, u32::MAX as u64, "pv0", 0)]),
         lv("ok", true, &[&linear(0, 1, "pv0", 0)]),
     ]
