@@ -115,7 +115,7 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         let reader = cache.reader()?;
         for (i, src) in sources.iter().enumerate() {
             let reused = (!opts.force_read)
-                .then(|| unchanged_disk(parent.as_ref().map(|p| &p.1), src, span, &reader))
+                .then(|| unchanged_disk(repo, parent.as_ref().map(|p| &p.1), src, span, &reader))
                 .transpose()?
                 .flatten();
             if reused.is_none() {
@@ -193,6 +193,9 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         files,
     };
     let id = snapshot::save(repo, &snap)?;
+    // Every chunk of these tables is now in an index file: a later backup may reuse them
+    // without reading them again.
+    cache.mark_complete(snap.items().flat_map(|d| d.tables.iter().flatten()))?;
     cache.flush()?;
     let items = sources
         .iter()
@@ -267,6 +270,7 @@ const WINDOW: u64 = 1 << 30;
 /// The parent's record of this disk, if the source file is provably unchanged and every
 /// table it names is still in the index.
 fn unchanged_disk(
+    repo: &Repository,
     parent: Option<&Snapshot>,
     src: &Item,
     span: u64,
@@ -281,9 +285,21 @@ fn unchanged_disk(
     if d.stamp != Some(stamp) || d.table_span != span || d.format != src.format {
         return Ok(None);
     }
+    // Every chunk must still be in the index: after `repair packs` dropped a damaged
+    // blob, reusing the old tables would make this snapshot unrestorable too, while
+    // reading the disk stores the blob again. Tables checked once are remembered.
     for t in d.tables.iter().flatten() {
+        if reader.is_complete(t)? {
+            continue;
+        }
         if !reader.contains(t)? {
             return Ok(None);
+        }
+        let table = snapshot::load_table(repo, reader, t)?;
+        for id in table.extents.iter().filter_map(|e| e.id) {
+            if !reader.contains(&id)? {
+                return Ok(None);
+            }
         }
     }
     Ok(Some(d.clone()))

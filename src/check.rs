@@ -35,15 +35,7 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
         read_data,
         ..Default::default()
     };
-    let on_disk: HashMap<Id, u64> = {
-        let mut m = HashMap::new();
-        for name in repo.backend.list("data")? {
-            if let Some(id) = name.rsplit('/').next().and_then(Id::from_hex) {
-                m.insert(id, repo.backend.size(&name)?.unwrap_or(0));
-            }
-        }
-        m
-    };
+    let on_disk: HashMap<Id, u64> = repo.list_packs()?;
     rep.packs = on_disk.len();
 
     // Index files, read directly (not through the cache) so their damage is seen.

@@ -126,15 +126,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     drop(cache);
 
     // 2. Plan.
-    let on_disk: HashMap<Id, u64> = {
-        let mut m = HashMap::new();
-        for name in repo.backend.list("data")? {
-            if let Some(id) = name.rsplit('/').next().and_then(Id::from_hex) {
-                m.insert(id, repo.backend.size(&name)?.unwrap_or(0));
-            }
-        }
-        m
-    };
+    let on_disk: HashMap<Id, u64> = repo.list_packs()?;
     rep.packs_before = on_disk.len();
     rep.bytes_before = on_disk.values().sum();
     let old_index = repo.backend.list("index")?;

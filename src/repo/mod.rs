@@ -233,6 +233,17 @@ impl Repository {
         envelope::decode_file(kind, &self.keys, &bytes, name)
     }
 
+    /// Every pack in `data/` with its size.
+    pub fn list_packs(&self) -> Result<std::collections::HashMap<Id, u64>> {
+        let mut m = std::collections::HashMap::new();
+        for name in self.backend.list("data")? {
+            if let Some(id) = name.rsplit('/').next().and_then(Id::from_hex) {
+                m.insert(id, self.backend.size(&name)?.unwrap_or(0));
+            }
+        }
+        Ok(m)
+    }
+
     pub fn read_index(&self, name: &str) -> Result<IndexFile> {
         IndexFile::decode(&self.read_file(FileKind::Index, name)?, name)
     }

@@ -202,6 +202,73 @@ pub struct PackContents {
     pub entries: Vec<PackEntry>,
 }
 
+/// Largest table of contents accepted: 32 MiB packs hold at most a few thousand blobs
+/// (45 bytes each); a length beyond this is damage.
+const MAX_TOC: usize = 16 << 20;
+
+/// Reads only a pack's header and sealed table of contents (two small range reads, not
+/// the whole pack): what rebuilding the index, and telling an orphaned pack from garbage,
+/// need. The table of contents is authenticated in encrypted repositories; blob contents
+/// are verified when they are read.
+pub fn read_header(
+    backend: &dyn crate::backend::Backend,
+    keys: &Keys,
+    id: &Id,
+    size: u64,
+) -> Result<PackContents> {
+    let name = pack_name(id);
+    if size < (HEADER_LEN + 4) as u64 {
+        return Err(Error::corrupt(&name, "too short to be a pack"));
+    }
+    let head = backend.get_range(&name, 0, HEADER_LEN)?;
+    let header = FileHeader::decode(FileKind::Pack, &head, keys, &name)?;
+    let tail = backend.get_range(&name, size - 4, 4)?;
+    let toc_len = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as usize;
+    let blob_end = size
+        .checked_sub(4 + toc_len as u64)
+        .filter(|&e| e >= HEADER_LEN as u64 && toc_len <= MAX_TOC)
+        .ok_or_else(|| Error::corrupt(&name, "pack header length points outside the file"))?;
+    let sealed = backend.get_range(&name, blob_end, toc_len)?;
+    let entries = open_toc(keys, &header, &head, &sealed, blob_end, &name)?;
+    Ok(PackContents { header, entries })
+}
+
+/// Opens and checks a sealed table of contents whose blobs must end by `blob_end`.
+fn open_toc(
+    keys: &Keys,
+    header: &FileHeader,
+    head: &[u8],
+    sealed: &[u8],
+    blob_end: u64,
+    name: &str,
+) -> Result<Vec<PackEntry>> {
+    let what = || name.to_string();
+    let toc = header
+        .sealer(keys)
+        .open(sealed, &head[..HEADER_LEN], &what)?;
+    let count = toc
+        .get(..4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4")) as usize)
+        .ok_or_else(|| Error::corrupt(name, "empty pack header"))?;
+    if Some(toc.len()) != count.checked_mul(ENTRY_LEN).and_then(|n| n.checked_add(4)) {
+        return Err(Error::corrupt(name, "pack header has the wrong length"));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for raw in toc[4..].chunks_exact(ENTRY_LEN) {
+        let e =
+            PackEntry::decode(raw).ok_or_else(|| Error::corrupt(name, "bad pack header entry"))?;
+        let end = e.offset as u64 + e.length as u64;
+        if (e.offset as usize) < HEADER_LEN || end > blob_end {
+            return Err(Error::corrupt(
+                name,
+                format!("blob {} lies outside the pack", e.id.short()),
+            ));
+        }
+        entries.push(e);
+    }
+    Ok(entries)
+}
+
 /// Parses and verifies a whole pack file: its name must be the hash of its bytes, and every
 /// entry must lie inside the blob area.
 pub fn parse_pack(keys: &Keys, id: &Id, bytes: &[u8]) -> Result<PackContents> {
@@ -222,32 +289,14 @@ pub fn parse_pack(keys: &Keys, id: &Id, bytes: &[u8]) -> Result<PackContents> {
         .checked_sub(4 + toc_len)
         .filter(|&e| e >= HEADER_LEN)
         .ok_or_else(|| Error::corrupt(&name, "pack header length points outside the file"))?;
-    let what = || name.clone();
-    let toc = header.sealer(keys).open(
-        &bytes[blob_end..bytes.len() - 4],
+    let entries = open_toc(
+        keys,
+        &header,
         &bytes[..HEADER_LEN],
-        &what,
+        &bytes[blob_end..bytes.len() - 4],
+        blob_end as u64,
+        &name,
     )?;
-    let count = toc
-        .get(..4)
-        .map(|c| u32::from_le_bytes(c.try_into().expect("4")) as usize)
-        .ok_or_else(|| Error::corrupt(&name, "empty pack header"))?;
-    if toc.len() != 4 + count * ENTRY_LEN {
-        return Err(Error::corrupt(&name, "pack header has the wrong length"));
-    }
-    let mut entries = Vec::with_capacity(count);
-    for raw in toc[4..].chunks_exact(ENTRY_LEN) {
-        let e =
-            PackEntry::decode(raw).ok_or_else(|| Error::corrupt(&name, "bad pack header entry"))?;
-        let end = e.offset as usize + e.length as usize;
-        if (e.offset as usize) < HEADER_LEN || end > blob_end {
-            return Err(Error::corrupt(
-                &name,
-                format!("blob {} lies outside the pack", e.id.short()),
-            ));
-        }
-        entries.push(e);
-    }
     Ok(PackContents { header, entries })
 }
 
