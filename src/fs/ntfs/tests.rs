@@ -1,0 +1,1 @@
+//! Tests over images built with mkntfs and populated through ntfs-3g.
