@@ -275,7 +275,11 @@ impl Data {
             let disk = r.lcn.and_then(|l| l.checked_mul(cluster));
             let end = start.saturating_add(len);
             // Split at the initialized size: what lies past it reads as zeros.
-            let cut = self.init_size.clamp(start, end);
+            let cut = if disk.is_some() {
+                self.init_size.clamp(start, end)
+            } else {
+                end
+            };
             if cut > start {
                 out.push(Mapping {
                     file_offset: start,

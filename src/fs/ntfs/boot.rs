@@ -137,7 +137,9 @@ mod tests {
         // 0xF7 = -9: 512 sectors of 512 bytes = 256 KiB clusters; 2 clusters per record
         // would be 512 KiB records, refused.
         assert!(Geometry::parse(&boot(0xF7, 2), 1 << 40).is_err());
-        let g = Geometry::parse(&boot(0xF7, 0xF6), 1 << 40).unwrap();
+        let mut b = boot(0xF7, 0xF6);
+        b[0x44] = 0xF4;
+        let g = Geometry::parse(&b, 1 << 40).unwrap();
         assert_eq!(g.cluster_size, 256 << 10);
         assert!(Geometry::parse(&boot(3, 0xF6), 1 << 30).is_err());
         assert!(Geometry::parse(&boot(0xE0, 0xF6), 1 << 30).is_err());

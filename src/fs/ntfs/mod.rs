@@ -39,6 +39,8 @@ mod inode;
 mod record;
 mod reparse;
 #[cfg(test)]
+mod fixture;
+#[cfg(test)]
 mod tests;
 
 use crate::blockdev::BlockRead;
