@@ -167,8 +167,12 @@ fn ntfs_image() {
     // Large, fragmented, sparse.
     let large = path_ino(&fs, "large.bin");
     assert_eq!(fs.stat(large).unwrap().size, 20 << 20);
+    // The MFT grew in pieces while the tree was copied.
+    assert!(fs.mft.runs().len() > 1, "MFT in one run");
     let frag = fs.map(path_ino(&fs, "frag.bin")).unwrap();
     assert!(frag.len() >= 20, "frag.bin has {} runs: {frag:?}", frag.len());
+    let back = |m: &[Mapping]| m.windows(2).any(|w| w[1].disk_offset < w[0].disk_offset);
+    assert!(back(&frag), "no negative LCN delta in frag.bin");
     let sp = path_ino(&fs, "sparse.bin");
     let m = fs.map(sp).unwrap();
     assert!(m.iter().any(|m| !m.data && m.disk_offset.is_none()), "{m:?}");
