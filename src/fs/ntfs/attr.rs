@@ -224,9 +224,7 @@ impl Data {
                 Error::Guest(format!("{what}: byte {pos} lies in no run (VCN {vcn})"))
             })?;
             let run_end = (run.vcn + run.len).saturating_mul(cluster);
-            let take = (want as u64)
-                .min(run_end - pos)
-                .min(self.init_size - pos) as usize;
+            let take = (want as u64).min(run_end - pos).min(self.init_size - pos) as usize;
             let dst = &mut buf[done..done + take];
             match run.lcn {
                 None => dst.fill(0),
@@ -292,7 +290,7 @@ impl Data {
                 out.push(Mapping {
                     file_offset: cut,
                     len: end - cut,
-                    disk_offset: disk.map(|d| d + (cut - start)),
+                    disk_offset: disk.and_then(|d| d.checked_add(cut - start)),
                     data: false,
                 });
             }
@@ -348,22 +346,41 @@ mod tests {
     #[test]
     fn runlists() {
         // 0x21: 1-byte length, 2-byte offset. 0x11 with a negative delta. 0x01: sparse.
-        let b = [
-            0x21, 0x10, 0x00, 0x01, 0x11, 0x05, 0xF0, 0x01, 0x08, 0x00,
-        ];
+        let b = [0x21, 0x10, 0x00, 0x01, 0x11, 0x05, 0xF0, 0x01, 0x08, 0x00];
         let r = decode_runs(&b, 0, 100, "t").unwrap();
         assert_eq!(
             r,
             vec![
-                Run { vcn: 0, len: 16, lcn: Some(256) },
-                Run { vcn: 16, len: 5, lcn: Some(240) },
-                Run { vcn: 21, len: 8, lcn: None },
+                Run {
+                    vcn: 0,
+                    len: 16,
+                    lcn: Some(256)
+                },
+                Run {
+                    vcn: 16,
+                    len: 5,
+                    lcn: Some(240)
+                },
+                Run {
+                    vcn: 21,
+                    len: 8,
+                    lcn: None
+                },
             ]
         );
-        assert!(decode_runs(&[0x11, 0x01, 0x80, 0x00], 0, 10, "t").is_err(), "negative LCN");
+        assert!(
+            decode_runs(&[0x11, 0x01, 0x80, 0x00], 0, 10, "t").is_err(),
+            "negative LCN"
+        );
         assert!(decode_runs(&[0x21, 0x01], 0, 10, "t").is_err(), "truncated");
-        assert!(decode_runs(&[0x01, 0x01, 0x01, 0x01, 0], 0, 1, "t").is_err(), "cap");
-        assert!(decode_runs(&[0x01, 0x00, 0], 0, 1, "t").is_err(), "zero length");
+        assert!(
+            decode_runs(&[0x01, 0x01, 0x01, 0x01, 0], 0, 1, "t").is_err(),
+            "cap"
+        );
+        assert!(
+            decode_runs(&[0x01, 0x00, 0], 0, 1, "t").is_err(),
+            "zero length"
+        );
     }
 
     #[test]
@@ -375,9 +392,21 @@ mod tests {
             size: 3000,
             init_size: 1500,
             content: Content::Runs(vec![
-                Run { vcn: 0, len: 1, lcn: Some(2) },
-                Run { vcn: 1, len: 1, lcn: None },
-                Run { vcn: 2, len: 1, lcn: Some(1) },
+                Run {
+                    vcn: 0,
+                    len: 1,
+                    lcn: Some(2),
+                },
+                Run {
+                    vcn: 1,
+                    len: 1,
+                    lcn: None,
+                },
+                Run {
+                    vcn: 2,
+                    len: 1,
+                    lcn: Some(1),
+                },
             ]),
         };
         let mut buf = vec![9u8; 4000];

@@ -68,7 +68,11 @@ impl Drop for Mount {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            let _ = Command::new("fusermount").arg("-u").arg("-z").arg(&self.dir).status();
+            let _ = Command::new("fusermount")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.dir)
+                .status();
         }
         for _ in 0..400 {
             if let Ok(Some(_)) = child.try_wait() {
@@ -167,12 +171,19 @@ pub fn build(
     let f = std::fs::File::create(img).unwrap();
     f.set_len(size).unwrap();
     drop(f);
-    sh("mkntfs", &["-F", "-Q", "-q", "-L", label, img.to_str().unwrap()]);
+    sh(
+        "mkntfs",
+        &["-F", "-Q", "-q", "-L", label, img.to_str().unwrap()],
+    );
     let m = Mount::new(img, mnt, "streams_interface=xattr,compression");
     let made = first(&m);
     sh(
         "cp",
-        &["-a", &format!("{}/.", src.display()), m.dir.to_str().unwrap()],
+        &[
+            "-a",
+            &format!("{}/.", src.display()),
+            m.dir.to_str().unwrap(),
+        ],
     );
     for (name, content) in made {
         std::fs::write(src.join(name), content).unwrap();

@@ -8,9 +8,7 @@
 //! Index VCNs count clusters when blocks are at least a cluster, else 512-byte units.
 
 use super::attr::Data;
-use super::inode::{
-    parse_file_name, value, Inode, AT_BITMAP, AT_INDEX_ALLOCATION, AT_INDEX_ROOT,
-};
+use super::inode::{parse_file_name, value, Inode, AT_BITMAP, AT_INDEX_ALLOCATION, AT_INDEX_ROOT};
 use super::record::apply_fixups;
 use super::Ntfs;
 use crate::fs::Le;
@@ -61,7 +59,8 @@ impl Ntfs {
         let le = Le::new(&root, &what);
         let block_size = le.u32(8)? as u64;
         let alloc = dir.find(AT_INDEX_ALLOCATION, b"$I30");
-        if alloc.is_some() && (!(512..=65536).contains(&block_size) || !block_size.is_power_of_two())
+        if alloc.is_some()
+            && (!(512..=65536).contains(&block_size) || !block_size.is_power_of_two())
         {
             return Err(Error::Guest(format!(
                 "{what}: index blocks of {block_size} bytes"

@@ -199,7 +199,9 @@ pub fn bootstrap_mft(dev: &dyn BlockRead, geo: &Geometry) -> Result<Data> {
     dev.read_at(geo.mft_lcn * cs, &mut buf)?;
     let rec = Record::parse(0, buf)?;
     if !rec.in_use() {
-        return Err(Error::Guest("NTFS: MFT record 0 ($MFT) is not in use".into()));
+        return Err(Error::Guest(
+            "NTFS: MFT record 0 ($MFT) is not in use".into(),
+        ));
     }
     let raw = rec.attrs()?;
     let is_mft_data = |a: &RawAttr| a.ty == AT_DATA && a.name.is_empty();
@@ -281,7 +283,9 @@ impl Ntfs {
         let what = format!("NTFS: MFT record {ino}");
         let rec = self.read_record(ino)?;
         if !rec.in_use() {
-            return Err(Error::Guest(format!("{what} is not in use (a deleted file)")));
+            return Err(Error::Guest(format!(
+                "{what} is not in use (a deleted file)"
+            )));
         }
         if rec.base != 0 {
             return Err(Error::Guest(format!(

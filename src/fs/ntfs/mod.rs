@@ -34,12 +34,12 @@
 
 mod attr;
 mod boot;
+#[cfg(test)]
+mod fixture;
 mod index;
 mod inode;
 mod record;
 mod reparse;
-#[cfg(test)]
-mod fixture;
 #[cfg(test)]
 mod tests;
 
@@ -148,7 +148,9 @@ pub fn utf16_to_utf8(units: &[u16]) -> Vec<u8> {
 impl Ntfs {
     pub fn open(dev: Dev) -> Result<Ntfs> {
         if dev.size() < 512 {
-            return Err(Error::Guest("NTFS: volume smaller than a boot sector".into()));
+            return Err(Error::Guest(
+                "NTFS: volume smaller than a boot sector".into(),
+            ));
         }
         let mut bs = [0u8; 512];
         dev.read_at(0, &mut bs)?;
@@ -170,9 +172,9 @@ impl Ntfs {
                 fs.label = label;
                 fs.warnings = warnings;
             }
-            Err(e) => fs
-                .warnings
-                .push(format!("NTFS: $Volume unreadable, no label or dirty flag: {e}")),
+            Err(e) => fs.warnings.push(format!(
+                "NTFS: $Volume unreadable, no label or dirty flag: {e}"
+            )),
         }
         let root = fs.inode(ROOT)?;
         if !root.dir {
@@ -200,7 +202,13 @@ impl Ntfs {
             None => None,
         };
         if let Some(d) = v.find(AT_VOLUME_INFORMATION, b"") {
-            let b = inode::value(&*self.dev, self.geo.cluster_size, d, 4096, "$VOLUME_INFORMATION")?;
+            let b = inode::value(
+                &*self.dev,
+                self.geo.cluster_size,
+                d,
+                4096,
+                "$VOLUME_INFORMATION",
+            )?;
             let le = crate::fs::Le::new(&b, "NTFS: $VOLUME_INFORMATION");
             let (major, minor, flags) = (le.u8(8)?, le.u8(9)?, le.u16(10)?);
             if major != 3 {
@@ -380,7 +388,8 @@ impl Filesystem for Ntfs {
             Special::Link(t) => (t.len() as u64, None),
             Special::Dev(_, ma, mi) => (0, Some((*ma, *mi))),
             Special::None if i.dir => (
-                i.find(inode::AT_INDEX_ALLOCATION, b"$I30").map_or(0, |d| d.size),
+                i.find(inode::AT_INDEX_ALLOCATION, b"$I30")
+                    .map_or(0, |d| d.size),
                 None,
             ),
             Special::None => (i.find(AT_DATA, b"").map_or(0, |d| d.size), None),
@@ -434,7 +443,9 @@ impl Filesystem for Ntfs {
     fn read_link(&self, ino: Ino) -> Result<Vec<u8>> {
         match &self.inode(ino)?.special {
             Special::Link(t) => Ok(t.clone()),
-            _ => Err(Error::Guest(format!("NTFS: MFT record {ino} is not a symlink"))),
+            _ => Err(Error::Guest(format!(
+                "NTFS: MFT record {ino} is not a symlink"
+            ))),
         }
     }
 

@@ -187,10 +187,9 @@ fn parse_attr(a: &Le, ty: u32, what: &str) -> Result<RawAttr> {
         let alloc_size = a.u64(0x28)?;
         let data_size = a.u64(0x30)?;
         let init_size = a.u64(0x38)?;
-        let pairs = a
-            .b
-            .get(map_off..)
-            .ok_or_else(|| Error::Guest(format!("{what}: runlist of 0x{ty:x} outside it")))?;
+        let pairs =
+            a.b.get(map_off..)
+                .ok_or_else(|| Error::Guest(format!("{what}: runlist of 0x{ty:x} outside it")))?;
         let runs = decode_runs(pairs, lowest_vcn, MAX_RUNS, what)?;
         let end = runs.last().map_or(lowest_vcn, |r| r.vcn + r.len);
         // An empty runlist has highest_vcn = -1 (lowest 0): no clusters.

@@ -51,7 +51,9 @@ pub fn link_target(tag: u32, v: &[u8], what: &str) -> Result<Vec<u8>> {
     let sub = utf16_at(&body, path + body.u16(0)? as usize, body.u16(2)? as usize)?;
     let print = utf16_at(&body, path + body.u16(4)? as usize, body.u16(6)? as usize)?;
     let mut t = if print.is_empty() {
-        sub.strip_prefix(b"\\??\\").map(<[u8]>::to_vec).unwrap_or(sub)
+        sub.strip_prefix(b"\\??\\")
+            .map(<[u8]>::to_vec)
+            .unwrap_or(sub)
     } else {
         print
     };
@@ -84,8 +86,7 @@ impl Ntfs {
             return Ok(());
         }
         let std = &inode.std;
-        if inode.dir || std.attrs & FILE_ATTR_SYSTEM == 0 || std.attrs & FILE_ATTR_ENCRYPTED != 0
-        {
+        if inode.dir || std.attrs & FILE_ATTR_SYSTEM == 0 || std.attrs & FILE_ATTR_ENCRYPTED != 0 {
             return Ok(());
         }
         let Some(d) = inode.find(AT_DATA, b"") else {

@@ -44,7 +44,10 @@ fn source(src: &Path, big: usize, links: usize, large: usize) {
     fx::write(&src.join("readonly.txt"), b"read only\n");
     fx::write(&src.join(unicode_name()), b"unicode\n");
     for i in 0..big {
-        fx::write(&src.join(format!("big/entry-{i:05}.txt")), format!("{i}\n").as_bytes());
+        fx::write(
+            &src.join(format!("big/entry-{i:05}.txt")),
+            format!("{i}\n").as_bytes(),
+        );
     }
     fx::write(&src.join("links/target"), b"one file, many names\n");
     for i in 1..links {
@@ -56,11 +59,19 @@ fn source(src: &Path, big: usize, links: usize, large: usize) {
     std::fs::create_dir(src.join("empty-dir")).unwrap();
     testutil::sh(
         "touch",
-        &["-d", "2001-02-03 04:05:06.1234567 UTC", src.join("tiny.txt").to_str().unwrap()],
+        &[
+            "-d",
+            "2001-02-03 04:05:06.1234567 UTC",
+            src.join("tiny.txt").to_str().unwrap(),
+        ],
     );
     testutil::sh(
         "touch",
-        &["-d", "1999-12-31 23:59:59.9999999 UTC", src.join("big").to_str().unwrap()],
+        &[
+            "-d",
+            "1999-12-31 23:59:59.9999999 UTC",
+            src.join("big").to_str().unwrap(),
+        ],
     );
 }
 
@@ -71,7 +82,11 @@ fn extras(m: &Mount, src: &Path) {
     let big = format!("0x{}", hex::encode(fx::data(9, 6000)));
     fx::setfattr("user.bigstream", &big, &m.path("tiny.txt"));
     fx::setfattr("system.ntfs_dos_name", "LONGFI~1.TXT", &m.path(LONG_NAME));
-    fx::setfattr("system.ntfs_attrib_be", "0x00000021", &m.path("readonly.txt"));
+    fx::setfattr(
+        "system.ntfs_attrib_be",
+        "0x00000021",
+        &m.path("readonly.txt"),
+    );
     fx::win_symlink(m, src, "winlink", "tiny.txt");
     fx::junction(m, src, "junction", "C:\\Windows");
 }
@@ -107,7 +122,10 @@ fn attr_at(fs: &Ntfs, ino: u64, ty: u32) -> (u64, Option<u64>) {
         .unwrap();
     let disk = m.disk_offset.unwrap() + (off - m.file_offset) + at as u64;
     let value = (le.u8(at + 8).unwrap() == 0).then(|| disk + le.u16(at + 0x14).unwrap() as u64);
-    assert!(disk % 512 < 500, "the patched field must not sit in a fixup slot");
+    assert!(
+        disk % 512 < 500,
+        "the patched field must not sit in a fixup slot"
+    );
     (disk, value)
 }
 
@@ -132,7 +150,9 @@ fn ntfs_image() {
     source(&src, 1500, 200, 20 << 20);
     let mnt = tmp.path().join("mnt");
     let frag = |m: &Mount| fx::fragment(m, "frag.bin", 4 << 20);
-    fx::build(&img, &mnt, &src, 64 << 20, "cairn-ntfs", frag, |m| extras(m, &src));
+    fx::build(&img, &mnt, &src, 64 << 20, "cairn-ntfs", frag, |m| {
+        extras(m, &src)
+    });
     let image = testutil::load(&img);
     let fs = open_mem(image.clone());
     assert_eq!(fs.label().as_deref(), Some("cairn-ntfs"));
@@ -140,14 +160,23 @@ fn ntfs_image() {
     testutil::assert_same_tree(&fs, &src, NTFS_CMP, IGNORE);
 
     // System files are hidden; the root lists no "." entry.
-    let root: Vec<Vec<u8>> = fs.read_dir(ROOT).unwrap().into_iter().map(|e| e.name).collect();
+    let root: Vec<Vec<u8>> = fs
+        .read_dir(ROOT)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert!(!root.iter().any(|n| n.starts_with(b"$") || n == b"."));
     assert!(fs.lookup(ROOT, b"$MFT").unwrap().is_none());
 
     // The big directory lives in index blocks.
     let big = path_ino(&fs, "big");
     assert_eq!(fs.read_dir(big).unwrap().len(), 1500);
-    assert!(fs.inode(big).unwrap().find(inode::AT_INDEX_ALLOCATION, b"$I30").is_some());
+    assert!(fs
+        .inode(big)
+        .unwrap()
+        .find(inode::AT_INDEX_ALLOCATION, b"$I30")
+        .is_some());
     assert!(fs.lookup(big, b"entry-01234.txt").unwrap().is_some());
     assert!(fs.lookup(big, b"entry-99999.txt").unwrap().is_none());
 
@@ -162,7 +191,11 @@ fn ntfs_image() {
     assert!(links.iter().all(|e| e.ino == target));
     assert_eq!(fs.stat(target).unwrap().nlink, 200);
     let rec = fs.read_record(target).unwrap();
-    assert!(rec.attrs().unwrap().iter().any(|a| a.ty == inode::AT_ATTRIBUTE_LIST));
+    assert!(rec
+        .attrs()
+        .unwrap()
+        .iter()
+        .any(|a| a.ty == inode::AT_ATTRIBUTE_LIST));
 
     // Large, fragmented, sparse.
     let large = path_ino(&fs, "large.bin");
@@ -170,12 +203,19 @@ fn ntfs_image() {
     // The MFT grew in pieces while the tree was copied.
     assert!(fs.mft.runs().len() > 1, "MFT in one run");
     let frag = fs.map(path_ino(&fs, "frag.bin")).unwrap();
-    assert!(frag.len() >= 20, "frag.bin has {} runs: {frag:?}", frag.len());
+    assert!(
+        frag.len() >= 20,
+        "frag.bin has {} runs: {frag:?}",
+        frag.len()
+    );
     let back = |m: &[Mapping]| m.windows(2).any(|w| w[1].disk_offset < w[0].disk_offset);
     assert!(back(&frag), "no negative LCN delta in frag.bin");
     let sp = path_ino(&fs, "sparse.bin");
     let m = fs.map(sp).unwrap();
-    assert!(m.iter().any(|m| !m.data && m.disk_offset.is_none()), "{m:?}");
+    assert!(
+        m.iter().any(|m| !m.data && m.disk_offset.is_none()),
+        "{m:?}"
+    );
     let data = crate::fs::data_ranges(&fs, sp, 9 << 20).unwrap();
     let stored: u64 = data.iter().map(|r| r.end - r.start).sum();
     assert!(stored < 1 << 20, "sparse.bin stores {stored} bytes");
@@ -204,7 +244,10 @@ fn ntfs_image() {
     let mut buf = vec![0u8; 7000];
     assert_eq!(fs.read_stream(tiny, "stream1", 0, &mut buf).unwrap(), 11);
     assert_eq!(&buf[..11], b"stream data");
-    assert_eq!(fs.read_stream(tiny, "bigstream", 0, &mut buf).unwrap(), 6000);
+    assert_eq!(
+        fs.read_stream(tiny, "bigstream", 0, &mut buf).unwrap(),
+        6000
+    );
     assert_eq!(&buf[..6000], &fx::data(9, 6000)[..]);
     assert!(fs.read_stream(tiny, "nope", 0, &mut buf).is_err());
 
@@ -249,7 +292,14 @@ fn patched(fs: &Ntfs, image: Vec<u8>, large: Ino, tiny: Ino) {
     let mut img = image.clone();
     img[v.unwrap() as usize + 10] |= 1;
     let dirty = open_mem(img);
-    assert!(dirty.warnings().iter().any(|w| w.contains("dirty flag set")), "{:?}", dirty.warnings());
+    assert!(
+        dirty
+            .warnings()
+            .iter()
+            .any(|w| w.contains("dirty flag set")),
+        "{:?}",
+        dirty.warnings()
+    );
     assert_eq!(dirty.read(tiny, 0, &mut buf).unwrap(), 11);
 
     // Initialized size (header byte 0x38) cut to 1 MiB + 5: zeros past it.
@@ -302,11 +352,19 @@ fn compressed_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (img, src) = (tmp.path().join("c.img"), tmp.path().join("src"));
     fx::write(&src.join("plain.txt"), b"plain\n");
-    fx::build(&img, &tmp.path().join("mnt"), &src, 8 << 20, "comp", |_| Vec::new(), |m| {
-        std::fs::create_dir(m.path("zcomp")).unwrap();
-        fx::setfattr("system.ntfs_attrib_be", "0x00000810", &m.path("zcomp"));
-        fx::write(&m.path("zcomp/c.txt"), &b"compress me ".repeat(20_000));
-    });
+    fx::build(
+        &img,
+        &tmp.path().join("mnt"),
+        &src,
+        8 << 20,
+        "comp",
+        |_| Vec::new(),
+        |m| {
+            std::fs::create_dir(m.path("zcomp")).unwrap();
+            fx::setfattr("system.ntfs_attrib_be", "0x00000810", &m.path("zcomp"));
+            fx::write(&m.path("zcomp/c.txt"), &b"compress me ".repeat(20_000));
+        },
+    );
     let fs = open_mem(testutil::load(&img));
     let c = path_ino(&fs, "zcomp/c.txt");
     assert_eq!(fs.stat(c).unwrap().size, 240_000);
@@ -338,12 +396,20 @@ fn fuzz_ntfs() {
     let (img, src) = (tmp.path().join("fuzz.img"), tmp.path().join("src"));
     source(&src, 300, 40, 300_000);
     let frag = |m: &Mount| fx::fragment(m, "frag.bin", 1 << 20);
-    fx::build(&img, &tmp.path().join("mnt"), &src, 8 << 20, "fuzz", frag, |m| {
-        fx::sparse(m, &src, "sparse.bin", 1 << 20, &[70_000]);
-        fx::setfattr("user.s", "stream", &m.path("tiny.txt"));
-        fx::setfattr("system.ntfs_dos_name", "LONGFI~1.TXT", &m.path(LONG_NAME));
-        fx::win_symlink(m, &src, "winlink", "tiny.txt");
-    });
+    fx::build(
+        &img,
+        &tmp.path().join("mnt"),
+        &src,
+        8 << 20,
+        "fuzz",
+        frag,
+        |m| {
+            fx::sparse(m, &src, "sparse.bin", 1 << 20, &[70_000]);
+            fx::setfattr("user.s", "stream", &m.path("tiny.txt"));
+            fx::setfattr("system.ntfs_dos_name", "LONGFI~1.TXT", &m.path(LONG_NAME));
+            fx::win_symlink(m, &src, "winlink", "tiny.txt");
+        },
+    );
     let image = testutil::load(&img);
     let fs = open_mem(image.clone());
     testutil::assert_same_tree(&fs, &src, NTFS_CMP, IGNORE);
@@ -351,10 +417,15 @@ fn fuzz_ntfs() {
     // of the big directory.
     let cs = fs.geo.cluster_size;
     let mft = fs.geo.mft_lcn * cs;
-    let mut hot = vec![0..512, mft as usize..(mft + 64 * fs.geo.record_size as u64) as usize];
+    let mut hot = vec![
+        0..512,
+        mft as usize..(mft + 64 * fs.geo.record_size as u64) as usize,
+    ];
     for dir in [ROOT, path_ino(&fs, "big")] {
         let i = fs.inode(dir).unwrap();
-        let alloc = i.find(inode::AT_INDEX_ALLOCATION, b"$I30").expect("index blocks");
+        let alloc = i
+            .find(inode::AT_INDEX_ALLOCATION, b"$I30")
+            .expect("index blocks");
         for r in alloc.runs() {
             let s = r.lcn.unwrap() * cs;
             hot.push(s as usize..(s + r.len * cs) as usize);
@@ -365,4 +436,3 @@ fn fuzz_ntfs() {
     eprintln!("fuzz_ntfs: {stats:?}");
     assert_eq!(stats.cases, cases);
 }
-
