@@ -41,6 +41,8 @@ mod inode;
 mod record;
 mod reparse;
 #[cfg(test)]
+mod synth;
+#[cfg(test)]
 mod tests;
 
 use crate::blockdev::BlockRead;
