@@ -156,7 +156,7 @@ pub fn copy_mtimes(src: &Path, dst: &Path) {
     }
 }
 
-/// Builds a `size`-byte image labelled `label`: runs `first` on the fresh mount (ntfs-3g
+/// Builds a `size`-byte image with `mkntfs -F -Q` and the arguments `mkfs`: runs `first` on the fresh mount (ntfs-3g
 /// with alternate streams as xattrs and compression enabled), copies `src` in, adds the
 /// files `first` made to `src`, then runs `extra`.
 pub fn build(
@@ -164,17 +164,17 @@ pub fn build(
     mnt: &Path,
     src: &Path,
     size: u64,
-    label: &str,
+    mkfs: &[&str],
     first: impl FnOnce(&Mount) -> Vec<(String, Vec<u8>)>,
     extra: impl FnOnce(&Mount),
 ) {
     let f = std::fs::File::create(img).unwrap();
     f.set_len(size).unwrap();
     drop(f);
-    sh(
-        "mkntfs",
-        &["-F", "-Q", "-q", "-L", label, img.to_str().unwrap()],
-    );
+    let mut args = vec!["-F", "-Q", "-q"];
+    args.extend_from_slice(mkfs);
+    args.push(img.to_str().unwrap());
+    sh("mkntfs", &args);
     let m = Mount::new(img, mnt, "streams_interface=xattr,compression");
     let made = first(&m);
     sh(

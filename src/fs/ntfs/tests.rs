@@ -150,9 +150,15 @@ fn ntfs_image() {
     source(&src, 1500, 200, 20 << 20);
     let mnt = tmp.path().join("mnt");
     let frag = |m: &Mount| fx::fragment(m, "frag.bin", 4 << 20);
-    fx::build(&img, &mnt, &src, 64 << 20, "cairn-ntfs", frag, |m| {
-        extras(m, &src)
-    });
+    fx::build(
+        &img,
+        &mnt,
+        &src,
+        64 << 20,
+        &["-L", "cairn-ntfs"],
+        frag,
+        |m| extras(m, &src),
+    );
     let image = testutil::load(&img);
     let fs = open_mem(image.clone());
     assert_eq!(fs.label().as_deref(), Some("cairn-ntfs"));
@@ -398,6 +404,75 @@ fn patched(fs: &Ntfs, image: Vec<u8>, large: Ino, tiny: Ino) {
     assert_eq!(stale.stat(tiny).unwrap().size, 11);
 }
 
+/// A file in a directory with the compressed attribute is written LZNT1-compressed by
+/// ntfs-3g: reading it is refused by name, the rest of the volume reads.
+#[test]
+fn compressed_refused() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, src) = (tmp.path().join("c.img"), tmp.path().join("src"));
+    fx::write(&src.join("plain.txt"), b"plain\n");
+    fx::build(
+        &img,
+        &tmp.path().join("mnt"),
+        &src,
+        8 << 20,
+        &[],
+        |_| Vec::new(),
+        |m| {
+            std::fs::create_dir(m.path("zcomp")).unwrap();
+            fx::setfattr("system.ntfs_attrib_be", "0x00000810", &m.path("zcomp"));
+            fx::write(&m.path("zcomp/c.txt"), &b"compress me ".repeat(20_000));
+        },
+    );
+    let fs = open_mem(testutil::load(&img));
+    let c = path_ino(&fs, "zcomp/c.txt");
+    assert_eq!(fs.stat(c).unwrap().size, 240_000);
+    let mut buf = vec![0u8; 4096];
+    unsupported(fs.read(c, 0, &mut buf), "compression (LZNT1)");
+    assert!(matches!(fs.map(c), Err(Error::Unsupported(_))));
+    assert_eq!(fs.read(path_ino(&fs, "plain.txt"), 0, &mut buf).unwrap(), 6);
+}
+
+/// Other geometries: clusters smaller than a record (512 B: records of 2 clusters, index
+/// blocks of 8), large clusters in the power-of-two encoding (128 KiB, 2 MiB: index VCNs in
+/// 512-byte units) and 4 KiB sectors (4 KiB records).
+#[test]
+fn geometries() {
+    if !tools() {
+        return;
+    }
+    for (args, spc) in [
+        (&["-c", "512"][..], 1u8),
+        (&["-c", "131072"][..], 0xF8),
+        (&["-c", "2097152"][..], 0xF4),
+        (&["-s", "4096"][..], 1),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (img, src) = (tmp.path().join("g.img"), tmp.path().join("src"));
+        source(&src, 300, 30, 200_000);
+        let mnt = tmp.path().join("mnt");
+        fx::build(
+            &img,
+            &mnt,
+            &src,
+            64 << 20,
+            args,
+            |_| Vec::new(),
+            |m| {
+                fx::sparse(m, &src, "sparse.bin", 5 << 20, &[3 << 20]);
+            },
+        );
+        let image = testutil::load(&img);
+        assert_eq!(image[0x0D], spc, "{args:?}");
+        let fs = open_mem(image);
+        testutil::assert_same_tree(&fs, &src, NTFS_CMP, IGNORE);
+        assert!(!fs.used_clusters().unwrap().is_empty());
+    }
+}
+
 #[test]
 fn probe_and_garbage() {
     let dev = MemDisk(vec![0u8; 1 << 20]);
@@ -425,7 +500,7 @@ fn fuzz_ntfs() {
         &tmp.path().join("mnt"),
         &src,
         8 << 20,
-        "fuzz",
+        &["-L", "fuzz"],
         frag,
         |m| {
             fx::sparse(m, &src, "sparse.bin", 1 << 20, &[70_000]);
