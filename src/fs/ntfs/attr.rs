@@ -112,15 +112,12 @@ impl Data {
             return Err(Error::Guest(format!("{what}: attribute without extents")));
         };
         let (name, flags) = (first.name.clone(), first.flags);
-        if ext.len() == 1 {
-            if let Body::Resident(_) = &first.body {
-                let Some(RawAttr {
-                    body: Body::Resident(v),
-                    ..
-                }) = ext.pop()
-                else {
-                    unreachable!("checked just above")
-                };
+        if ext.len() == 1 && matches!(first.body, Body::Resident(_)) {
+            if let Some(RawAttr {
+                body: Body::Resident(v),
+                ..
+            }) = ext.pop()
+            {
                 return Ok(Data {
                     name,
                     flags,
@@ -142,7 +139,10 @@ impl Data {
             }
         }
         parts.sort_by_key(|p| p.lowest_vcn);
-        let (size, init, alloc) = (parts[0].data_size, parts[0].init_size, parts[0].alloc_size);
+        let Some(p0) = parts.first() else {
+            return Err(Error::Guest(format!("{what}: attribute without extents")));
+        };
+        let (size, init, alloc) = (p0.data_size, p0.init_size, p0.alloc_size);
         let mut runs: Vec<Run> = Vec::new();
         let mut next = 0u64;
         for p in parts {

@@ -319,6 +319,12 @@ impl Ntfs {
         }
     }
 
+    /// Bytes per cluster: the allocation unit of [`Ntfs::used_clusters`] and of
+    /// [`Filesystem::map`] pieces.
+    pub fn cluster_size(&self) -> u64 {
+        self.geo.cluster_size
+    }
+
     /// The volume's allocated clusters (from `$Bitmap`), as merged byte ranges.
     pub fn used_clusters(&self) -> Result<Vec<Range<u64>>> {
         let bm = self.inode(BITMAP)?;

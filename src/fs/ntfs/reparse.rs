@@ -100,7 +100,7 @@ impl Ntfs {
         let le = Le::new(&v, &what);
         let magic = le.bytes(0, 8)?;
         if magic == b"IntxLNK\x01" {
-            let t = utf16_at(&le, 8, (v.len() - 8) & !1)?;
+            let t = utf16_at(&le, 8, v.len().saturating_sub(8) & !1)?;
             if !t.is_empty() {
                 inode.special = Special::Link(t);
             }
