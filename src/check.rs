@@ -8,7 +8,7 @@
 
 use crate::repo::envelope::FileKind;
 use crate::repo::lock::LockKind;
-use crate::repo::pack::{open_blob, pack_name, parse_pack};
+use crate::repo::pack::{pack_name, verify_pack};
 use crate::repo::Repository;
 use crate::snapshot::load_table;
 use crate::snapshot::Snapshot;
@@ -191,25 +191,4 @@ fn short_of(name: &str) -> String {
         .chars()
         .take(8)
         .collect()
-}
-
-/// Reads a whole pack and verifies every blob in it.
-fn verify_pack(repo: &Repository, pack: &Id, indexed_blobs: usize) -> Result<()> {
-    let bytes = repo.backend.get(&pack_name(pack))?;
-    let contents = parse_pack(&repo.keys, pack, &bytes)?;
-    let sealer = contents.header.sealer(&repo.keys);
-    for e in &contents.entries {
-        let stored = &bytes[e.offset as usize..e.offset as usize + e.length as usize];
-        open_blob(&repo.keys, &sealer, e, stored, pack)?;
-    }
-    if contents.entries.len() < indexed_blobs {
-        return Err(crate::Error::corrupt(
-            pack_name(pack),
-            format!(
-                "holds {} blobs, the index names {indexed_blobs}",
-                contents.entries.len()
-            ),
-        ));
-    }
-    Ok(())
 }

@@ -18,6 +18,7 @@ pub mod gc;
 pub mod id;
 pub mod image;
 pub mod progress;
+pub mod repair;
 pub mod repo;
 pub mod report;
 pub mod restore;

@@ -300,6 +300,27 @@ pub fn parse_pack(keys: &Keys, id: &Id, bytes: &[u8]) -> Result<PackContents> {
     Ok(PackContents { header, entries })
 }
 
+/// Reads a whole pack and verifies every blob in it.
+pub fn verify_pack(repo: &super::Repository, pack: &Id, indexed_blobs: usize) -> Result<()> {
+    let bytes = repo.backend.get(&pack_name(pack))?;
+    let contents = parse_pack(&repo.keys, pack, &bytes)?;
+    let sealer = contents.header.sealer(&repo.keys);
+    for e in &contents.entries {
+        let stored = &bytes[e.offset as usize..e.offset as usize + e.length as usize];
+        open_blob(&repo.keys, &sealer, e, stored, pack)?;
+    }
+    if contents.entries.len() < indexed_blobs {
+        return Err(Error::corrupt(
+            pack_name(pack),
+            format!(
+                "holds {} blobs, the index names {indexed_blobs}",
+                contents.entries.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
