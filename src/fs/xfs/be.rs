@@ -4,13 +4,13 @@
 
 use crate::{Error, Result};
 
-pub(super) struct Be<'a> {
+pub(super) struct Be<'a, 'w> {
     pub b: &'a [u8],
-    pub what: &'a str,
+    pub what: &'w str,
 }
 
-impl<'a> Be<'a> {
-    pub fn new(b: &'a [u8], what: &'a str) -> Be<'a> {
+impl<'a, 'w> Be<'a, 'w> {
+    pub fn new(b: &'a [u8], what: &'w str) -> Be<'a, 'w> {
         Be { b, what }
     }
 

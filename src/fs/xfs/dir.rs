@@ -27,7 +27,7 @@ const XDB3: u32 = 0x5844_4233; // "XDB3": v5 single-block directory
 const XDD3: u32 = 0x5844_4433; // "XDD3": v5 data block
 const DIR2_DATA_FREE_TAG: u16 = 0xffff;
 /// Data blocks live below this byte offset of the directory's logical space.
-const LEAF_OFFSET: u64 = 32 << 30;
+pub(super) const LEAF_OFFSET: u64 = 32 << 30;
 
 /// Most names one directory may have here (a real one with millions of names is rare;
 /// this keeps a hostile one from filling memory).
@@ -136,13 +136,14 @@ fn blocks(
     Ok(out)
 }
 
-fn data_block(
+/// Checks a directory data block's header; returns where its entries start and end, and
+/// whether it is the single block of a block-form directory (which ends in its leaf).
+pub(super) fn data_header(
     sb: &Superblock,
     ino: u64,
     db: u64,
     buf: &[u8],
-    out: &mut Vec<RawEntry>,
-) -> Result<()> {
+) -> Result<(usize, usize, bool)> {
     let what = format!("XFS: directory {ino}: block {db}");
     let r = Be::new(buf, &what);
     let magic = r.u32(0)?;
@@ -178,6 +179,48 @@ fn data_block(
     } else {
         buf.len()
     };
+    Ok((hdr, end, single))
+}
+
+/// The entry at byte `at` of a data block whose entries end at `end`: its name, inode
+/// number, file type and (8-byte aligned) size.
+pub(super) fn entry_at<'a>(
+    sb: &Superblock,
+    ino: u64,
+    db: u64,
+    buf: &'a [u8],
+    at: usize,
+    end: usize,
+) -> Result<(&'a [u8], u64, u8, usize)> {
+    let what = format!("XFS: directory {ino}: block {db}");
+    let r = Be::new(buf, &what);
+    let num = r.u64(at)?;
+    let namelen = r.u8(at + 8)? as usize;
+    let name = r.bytes(at + 9, namelen)?;
+    let ftype = if sb.features.ftype {
+        r.u8(at + 9 + namelen)?
+    } else {
+        0
+    };
+    let size = (9 + namelen + sb.features.ftype as usize + 2).next_multiple_of(8);
+    if namelen == 0 || at + size > end {
+        return Err(guest(format!(
+            "directory {ino}: block {db}: entry at {at} ({namelen}-byte name) runs past the entries"
+        )));
+    }
+    Ok((name, num, ftype, size))
+}
+
+fn data_block(
+    sb: &Superblock,
+    ino: u64,
+    db: u64,
+    buf: &[u8],
+    out: &mut Vec<RawEntry>,
+) -> Result<()> {
+    let (hdr, end, _) = data_header(sb, ino, db, buf)?;
+    let what = format!("XFS: directory {ino}: block {db}");
+    let r = Be::new(buf, &what);
     let mut at = hdr;
     while at < end {
         let tag = r.u16(at)?;
@@ -191,20 +234,7 @@ fn data_block(
             at += len;
             continue;
         }
-        let num = r.u64(at)?;
-        let namelen = r.u8(at + 8)? as usize;
-        let name = r.bytes(at + 9, namelen)?;
-        let ftype = if sb.features.ftype {
-            r.u8(at + 9 + namelen)?
-        } else {
-            0
-        };
-        let size = (9 + namelen + sb.features.ftype as usize + 2).next_multiple_of(8);
-        if namelen == 0 || at + size > end {
-            return Err(guest(format!(
-                "directory {ino}: block {db}: entry at {at} ({namelen}-byte name) runs past the entries"
-            )));
-        }
+        let (name, num, ftype, size) = entry_at(sb, ino, db, buf, at, end)?;
         at += size;
         if check_name(ino, name)? {
             if out.len() >= MAX_ENTRIES {

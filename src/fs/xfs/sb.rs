@@ -16,6 +16,7 @@ pub(super) const SB_MAGIC: u32 = 0x5846_5342; // "XFSB"
 // sb_versionnum bits (v4 feature flags; v5 keeps some of them set too).
 const VERSION_NUMBITS: u16 = 0x000f;
 const VERSION_DIRV2BIT: u16 = 0x2000;
+const VERSION_BORGBIT: u16 = 0x4000; // ASCII case-insensitive names
 const VERSION_MOREBITSBIT: u16 = 0x8000;
 // sb_features2 bits.
 const FEATURES2_CRC: u32 = 0x0100;
@@ -68,6 +69,8 @@ pub struct Features {
     pub inobtcount: bool,
     /// `xfs_repair` must run before the kernel mounts it.
     pub needsrepair: bool,
+    /// Names hash (and match, in the kernel) ASCII case-insensitively.
+    pub ascii_ci: bool,
 }
 
 /// The geometry and features of one XFS filesystem.
@@ -198,6 +201,7 @@ impl Superblock {
             _ => return Err(guest(format!("superblock: unknown version {version}"))),
         }
 
+        f.ascii_ci = versionnum & VERSION_BORGBIT != 0;
         let bad = |what: &str| Err(guest(format!("superblock: {what}")));
         if !(512..=65536).contains(&blocksize) || log2_exact(blocksize as u64) != Some(blocklog) {
             return bad(&format!("block size {blocksize} (log {blocklog})"));
