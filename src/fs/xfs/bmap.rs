@@ -131,6 +131,16 @@ pub(super) fn from_btree(
     ino: u64,
     fork: &[u8],
 ) -> Result<Vec<Extent>> {
+    Ok(walk(dev, sb, ino, fork)?.0)
+}
+
+/// The extents of a btree-format fork and the btree blocks they came from.
+pub(super) fn walk(
+    dev: &dyn BlockRead,
+    sb: &Superblock,
+    ino: u64,
+    fork: &[u8],
+) -> Result<(Vec<Extent>, Vec<u64>)> {
     let what = format!("XFS: inode {ino}: bmap btree root");
     let r = Be::new(fork, &what);
     let level = r.u16(0)?;
@@ -152,6 +162,7 @@ pub(super) fn from_btree(
     }
     let mut out = Vec::new();
     let mut seen = HashSet::new();
+    let mut order = Vec::new();
     // Depth-first, in key order: a stack of (block, its level), children pushed reversed.
     let mut stack: Vec<(u64, u16)> = ptrs.into_iter().rev().map(|p| (p, level - 1)).collect();
     let bs = sb.blocksize as usize;
@@ -168,6 +179,7 @@ pub(super) fn from_btree(
                 "inode {ino}: bmap btree block {fsb} is reached twice"
             )));
         }
+        order.push(fsb);
         let at = sb
             .extent_offset(fsb, 1)
             .map_err(|e| guest(format!("inode {ino}: bmap btree pointer: {e}")))?;
@@ -213,7 +225,7 @@ pub(super) fn from_btree(
         }
     }
     check(sb, ino, &out)?;
-    Ok(out)
+    Ok((out, order))
 }
 
 /// The index of the extent holding file block `fblock`, or of the first one after it.

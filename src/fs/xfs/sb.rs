@@ -245,7 +245,7 @@ impl Superblock {
                 "{dblocks} blocks in {agcount} AGs of {agblocks} blocks"
             ));
         }
-        if (blocksize as u64) << dirblklog > 65536 {
+        if dirblklog > 16 || (blocksize as u64) << dirblklog > 65536 {
             return bad(&format!("directory block log {dirblklog}"));
         }
         let sb = Superblock {
