@@ -20,9 +20,12 @@ const BMA3_MAGIC: u32 = 0x424d_4133; // "BMA3" (v5)
 
 /// Deepest bmap btree this reader follows (XFS itself stays below 10 levels).
 const MAX_LEVELS: u16 = 10;
-/// Most extents one file may have here: 4 Mi extents is at least 16 GiB of 4 KiB blocks
-/// with every block apart, and 96 MiB of memory.
-pub(super) const MAX_EXTENTS: usize = 1 << 22;
+/// Most extents one file may have here: 2 Mi extents is at least 8 GiB of 4 KiB blocks
+/// with every block apart, 64 MiB of memory, and up to 128 MiB of [`Mapping`]s with the
+/// holes between them.
+///
+/// [`Mapping`]: crate::fs::Mapping
+pub(super) const MAX_EXTENTS: usize = 1 << 21;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Extent {

@@ -459,292 +459,46 @@ fn probe_and_garbage() {
     assert!(open(Arc::new(MemDisk(b))).is_err());
 }
 
-/// A loop mount of `img` at `dir`, unmounted on drop; None (with a warning) where the
-/// kernel will not mount it.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn new(img: &Path, dir: &Path) -> Option<Mount> {
-        std::fs::create_dir_all(dir).unwrap();
-        let o = Command::new("mount")
-            .arg("-o")
-            .arg("loop")
-            .arg(img)
-            .arg(dir)
-            .output();
-        match o {
-            Ok(o) if o.status.success() => Some(Mount(dir.to_path_buf())),
-            Ok(o) => {
-                eprintln!(
-                    "WARNING: cannot loop-mount XFS here ({}); the kernel-built XFS tests \
-                     (btree-format files, holes, unwritten extents, hard links, dirty log) \
-                     are skipped",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("WARNING: cannot run mount ({e}); kernel-built XFS tests skipped");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// Writes `blocks` blocks of `bs` bytes to two new files in turn with O_DIRECT, so the
-/// allocator gives each block its own extent; the same content goes to `twin` (plain).
-fn interleaved(mnt: &Path, twin: &Path, names: [&str; 2], blocks: usize, bs: usize) {
-    use std::os::unix::fs::FileExt;
-    let mut raw = vec![0u8; bs * 2];
-    let pad = raw.as_ptr().align_offset(bs);
-    let open = |p: PathBuf| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(p)
-            .unwrap()
-    };
-    let files = names.map(|n| open(mnt.join(n)));
-    let mut twins: Vec<Vec<u8>> = vec![Vec::new(), Vec::new()];
-    for i in 0..blocks {
-        for (k, f) in files.iter().enumerate() {
-            let data = pattern((i * 2 + k) as u64 + 1000, bs);
-            raw[pad..pad + bs].copy_from_slice(&data);
-            f.write_all_at(&raw[pad..pad + bs], (i * bs) as u64)
-                .unwrap();
-            twins[k].extend_from_slice(&data);
-        }
-    }
-    for (k, n) in names.iter().enumerate() {
-        std::fs::write(twin.join(n), &twins[k]).unwrap();
-    }
-}
-
-/// Copies the atime and mtime of `from` to `to` (files written twice, on the host tree
-/// and through the mount).
-fn same_times(from: &Path, to: &Path) {
-    run(Command::new("touch").arg("-h").arg("-r").arg(from).arg(to));
-}
-
 #[test]
-fn kernel_built_image() {
-    if !testutil::have("mkfs.xfs") || !is_root() {
+fn realtime_damage_and_short_volumes() {
+    use crate::blockdev::MemDisk;
+    let Some(f) = fixture(&SMALL, &[]) else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, img, mnt) = (
-        tmp.path().join("src"),
-        tmp.path().join("img"),
-        tmp.path().join("mnt"),
-    );
-    std::fs::create_dir(&src).unwrap();
-    build_tree(&src, &SMALL);
-    // What only the kernel makes: hard links, a sticky directory, a socket, holes.
-    std::fs::hard_link(src.join("odd.bin"), src.join("a/odd_link")).unwrap();
-    std::fs::create_dir(src.join("tmp")).unwrap();
-    std::fs::set_permissions(src.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
-    let holey = std::fs::File::create(src.join("holey")).unwrap();
-    for i in 0..8u64 {
-        use std::os::unix::fs::FileExt;
-        holey
-            .write_all_at(&pattern(i + 50, 65536), i << 20)
-            .unwrap();
-    }
-    holey.set_len(9 << 20).unwrap();
-    drop(holey);
-    // 1 KiB blocks: 1500 extents need a bmap btree of two levels.
-    mkfs(&img, &["-b", "size=1024"], None);
-    {
-        let Some(_m) = Mount::new(&img, &mnt) else {
-            return;
-        };
-        run(Command::new("cp")
-            .arg("-a")
-            .arg("--sparse=always")
-            .arg(format!("{}/.", src.display()))
-            .arg(&mnt));
-        interleaved(&mnt, &src, ["frag_a", "frag_b"], 1500, 1024);
-        // Unwritten extents: 1 MiB preallocated, 4 KiB of it written.
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(mnt.join("prealloc"))
-            .unwrap();
-        // SAFETY: a valid descriptor.
-        assert_eq!(
-            unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, 1 << 20) },
-            0
-        );
-        std::os::unix::fs::FileExt::write_all_at(&f, &pattern(99, 4096), 512 << 10).unwrap();
-        drop(f);
-        let mut twin = vec![0u8; 1 << 20];
-        twin[512 << 10..(512 << 10) + 4096].copy_from_slice(&pattern(99, 4096));
-        std::fs::write(src.join("prealloc"), twin).unwrap();
-        // A reflinked copy shares the big file's extents.
-        run(Command::new("cp")
-            .arg("--reflink=always")
-            .arg(mnt.join("big.bin"))
-            .arg(mnt.join("big_clone")));
-        std::fs::copy(src.join("big.bin"), src.join("big_clone")).unwrap();
-        for n in ["frag_a", "frag_b", "prealloc", "big_clone"] {
-            same_times(&src.join(n), &mnt.join(n));
-        }
-    }
-    let fs = open_img(&img);
-    assert_eq!(fs.warnings(), Vec::<String>::new(), "cleanly unmounted");
-    testutil::assert_same_tree(&fs, &src, Compare::UNIX, &[]);
-    let root = fs.root();
-    let (a, b) = (
-        child(&fs, root, "odd.bin"),
-        child(&fs, child(&fs, root, "a").ino, "odd_link"),
-    );
-    assert_eq!(a.ino, b.ino, "hard link");
-    assert_eq!(fs.stat(a.ino).unwrap().nlink, 2);
-    assert_eq!(fs.stat(child(&fs, root, "tmp").ino).unwrap().mode, 0o1777);
-    assert_eq!(child(&fs, root, "sock").kind, FileType::Socket);
-    for n in ["frag_a", "frag_b"] {
-        let ino = child(&fs, root, n).ino;
-        let inode = fs.inode(ino).unwrap();
-        assert_eq!(inode.format, FMT_BTREE, "{n}");
-        assert!(
-            u16::from_be_bytes([inode.fork[0], inode.fork[1]]) >= 2,
-            "{n}: root level"
-        );
-        assert!(fs.map(ino).unwrap().len() >= 1500);
-    }
-    let holey = child(&fs, root, "holey").ino;
-    let want: Vec<_> = (0..8u64).map(|i| i << 20..(i << 20) + 65536).collect();
-    assert_eq!(crate::fs::data_ranges(&fs, holey, 9 << 20).unwrap(), want);
-    let pre = fs.map(child(&fs, root, "prealloc").ino).unwrap();
-    let written: Vec<_> = pre
-        .iter()
-        .filter(|m| m.data)
-        .map(|m| (m.file_offset, m.len))
-        .collect();
-    assert_eq!(written, vec![(512 << 10, 4096)]);
+    };
+    let base = testutil::load(&f.img);
+    let fs = open_img(&f.img);
+    let ino = child(&fs, fs.root(), "small.txt").ino;
+    let at = fs.sb.inode_offset(ino).unwrap() as usize;
+    drop(fs);
+    // The realtime flag (di_flags bit 0): refused by name, stat still works.
+    let mut img = base.clone();
+    img[at + 91] |= 1;
+    let fs = Xfs::new(Arc::new(MemDisk(img))).unwrap();
+    let e = fs.read(ino, 0, &mut [0u8; 16]).unwrap_err();
     assert!(
-        pre.iter().any(|m| !m.data && m.disk_offset.is_some()),
-        "unwritten extents"
+        matches!(&e, Error::Unsupported(m) if m.contains("XFS realtime device")),
+        "{e}"
     );
-    let (big, clone) = (
-        child(&fs, root, "big.bin").ino,
-        child(&fs, root, "big_clone").ino,
+    assert!(matches!(fs.map(ino), Err(Error::Unsupported(_))));
+    assert_eq!(fs.stat(ino).unwrap().size, 11);
+    // A damaged inode magic names the inode.
+    let mut img = base.clone();
+    img[at] = b'X';
+    let fs = Xfs::new(Arc::new(MemDisk(img))).unwrap();
+    let e = fs.stat(ino).unwrap_err();
+    assert!(
+        matches!(&e, Error::Guest(m) if m.contains(&format!("inode {ino}"))),
+        "{e}"
     );
-    assert_eq!(
-        fs.map(big).unwrap(),
-        fs.map(clone).unwrap(),
-        "reflinked extents"
+    // A volume cut short is opened with a warning; what lies past its end fails to read.
+    let fs = Xfs::new(Arc::new(MemDisk(base[..48 << 20].to_vec()))).unwrap();
+    assert!(
+        fs.warnings().iter().any(|w| w.contains("shorter")),
+        "{:?}",
+        fs.warnings()
     );
-    check_lookups(&fs);
-    check_used_blocks(&fs, &img);
-    drop(fs);
-
-    // Crash: commit a transaction to the log, then shut down without an unmount record.
-    {
-        let Some(_m) = Mount::new(&img, &mnt) else {
-            return;
-        };
-        std::fs::write(mnt.join("after_crash"), b"late").unwrap();
-        run(Command::new("sync").arg("-f").arg(mnt.join("after_crash")));
-        run(Command::new(tool("xfs_io"))
-            .args(["-x", "-c", "shutdown"])
-            .arg(&mnt));
-    }
-    let fs = open_img(&img);
-    assert_eq!(fs.warnings(), vec![DIRTY_LOG_WARNING.to_string()]);
-    testutil::bounded_walk(&fs).unwrap();
+    assert!(testutil::bounded_walk(&fs).is_ok());
 }
 
-/// The fuzz fixture: the small tree through mkfs.xfs -p and, where loop mounts work,
-/// fragmented (btree-format), holey and preallocated files added through the kernel.
-fn fuzz_fixture() -> Option<(tempfile::TempDir, PathBuf)> {
-    let f = fixture(&SMALL, &[])?;
-    if is_root() {
-        let mnt = f._tmp.path().join("mnt");
-        if let Some(_m) = Mount::new(&f.img, &mnt) {
-            let twin = f._tmp.path().join("twin");
-            std::fs::create_dir(&twin).unwrap();
-            interleaved(&mnt, &twin, ["frag_a", "frag_b"], 300, 4096);
-            let holey = std::fs::File::create(mnt.join("holey")).unwrap();
-            for i in 0..4u64 {
-                std::os::unix::fs::FileExt::write_all_at(&holey, &[1; 4096], i << 20).unwrap();
-            }
-            let pre = std::fs::File::create(mnt.join("prealloc")).unwrap();
-            // SAFETY: a valid descriptor.
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&pre);
-            assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 1 << 20) }, 0);
-            std::fs::hard_link(mnt.join("small.txt"), mnt.join("a/small_link")).unwrap();
-        }
-    }
-    let Fixture { _tmp, img, .. } = f;
-    Some((_tmp, img))
-}
-
-/// Where the fixture's metadata lies: the first blocks of AG 0 (superblock, AG headers,
-/// btree roots), the root inode chunk, every directory's and symlink's inode and blocks,
-/// the inodes of btree-format files and their btree blocks, the head of the log.
-fn hot_ranges(fs: &Xfs) -> Vec<Range<usize>> {
-    let bs = fs.sb.blocksize as usize;
-    let isz = fs.sb.inodesize as usize;
-    let sect = fs.sb.sectsize as usize;
-    // The superblock, AGF, AGI and AGFL, then the btree roots after them.
-    let mut hot = vec![0..512, sect..4 * sect, bs..8 * bs];
-    let root = fs.sb.inode_offset(fs.root()).unwrap() as usize;
-    hot.push(root..root + 64 * isz);
-    if let Ok(log) = fs.sb.extent_offset(fs.sb.logstart, 1) {
-        hot.push(log as usize..log as usize + 2048);
-    }
-    let mut inodes = vec![fs.root()];
-    for (_, (meta, _)) in testutil::walk(fs).unwrap() {
-        let inode = fs.inode(meta.ino).unwrap();
-        if matches!(meta.kind, FileType::Dir | FileType::Symlink) || inode.format == FMT_BTREE {
-            inodes.push(meta.ino);
-        }
-    }
-    for ino in inodes {
-        let inode = fs.inode(ino).unwrap();
-        let at = fs.sb.inode_offset(ino).unwrap() as usize;
-        hot.push(at..at + isz);
-        if inode.format == FMT_BTREE {
-            let (_, blocks) = bmap::walk(fs.dev.as_ref(), &fs.sb, ino, &inode.fork).unwrap();
-            for b in blocks {
-                let at = fs.sb.extent_offset(b, 1).unwrap() as usize;
-                hot.push(at..at + bs);
-            }
-        }
-        if inode.kind().unwrap() == FileType::File {
-            continue;
-        }
-        for m in fs.map(ino).unwrap() {
-            if let Some(d) = m.disk_offset {
-                hot.push(d as usize..(d + m.len.min(1 << 16)) as usize);
-            }
-        }
-    }
-    hot
-}
-
-#[test]
-fn fuzz_xfs() {
-    let Some((_tmp, img)) = fuzz_fixture() else {
-        return;
-    };
-    let fs = open_img(&img);
-    assert!(fs.warnings().is_empty());
-    let hot = hot_ranges(&fs);
-    drop(fs);
-    let cases = testutil::fuzz_cases(1500);
-    let stats = testutil::mutate(testutil::load(&img), &hot, cases, 0x0058_4653_4221, open);
-    eprintln!("fuzz_xfs: {stats:?} over {} hot ranges", hot.len());
-    assert_eq!(stats.cases, cases);
-}
+mod fuzz;
+mod kernel;
