@@ -83,6 +83,18 @@ fn fuzz_xfs() {
     drop(fs);
     let cases = testutil::fuzz_cases(1500);
     let stats = testutil::mutate(testutil::load(&img), &hot, cases, 0x0058_4653_4221, open);
-    eprintln!("fuzz_xfs: {stats:?} over {} hot ranges", hot.len());
+    eprintln!("fuzz_xfs (v5): {stats:?} over {} hot ranges", hot.len());
+    assert_eq!(stats.cases, cases);
+
+    // Version 4 without ftype: other headers, no owners, types from the inodes.
+    let Some(f) = fixture(&SMALL, &["-m", "crc=0", "-n", "ftype=0"]) else {
+        return;
+    };
+    let fs = open_img(&f.img);
+    let hot = hot_ranges(&fs);
+    drop(fs);
+    let cases = cases / 5;
+    let stats = testutil::mutate(testutil::load(&f.img), &hot, cases, 0x0058_4653_4234, open);
+    eprintln!("fuzz_xfs (v4): {stats:?} over {} hot ranges", hot.len());
     assert_eq!(stats.cases, cases);
 }
