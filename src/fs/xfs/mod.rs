@@ -9,25 +9,26 @@
 //! - Inodes located from their numbers (AG, block, index; each part range-checked), v3
 //!   cores (v5: self-numbered, checked) and v1/v2 cores (v4): type, mode with
 //!   setuid/setgid/sticky, owner, links, size, times (legacy and bigtime), device numbers.
-//! - Data forks in local, extents and btree formats ([`bmap`]); unwritten extents read as
+//! - Data forks in local, extents and btree formats (`bmap.rs`); unwritten extents read as
 //!   zeros and map with `data: false`.
 //! - Directories in every form: short-form, block, leaf, node, and btree-format forks
-//!   ([`dir`]); names are bytes; file types from `ftype` or, without it, from the inode.
-//! - Symlinks inline and remote (with `XSLM` headers on v5); hard links; device nodes,
-//!   FIFOs, sockets.
-//! - [`Xfs::used_blocks`]: the space in use, from the free-space btrees ([`space`]).
-//! - Log state ([`log`]): a log that was not cleanly unmounted gives a warning; the files
+//!   (`dir.rs`); names are bytes; file types from `ftype` or, without it, from the inode.
+//! - Symlinks inline and remote (with `XSLM` headers on v5, or without them as
+//!   `mkfs.xfs -p` of xfsprogs 6.1 writes them); hard links; device nodes, FIFOs, sockets.
+//! - Lookups through the directories' hash index (`lookup.rs`).
+//! - [`Xfs::used_blocks`]: the space in use, from the free-space btrees and free lists
+//!   (`space.rs`).
+//! - Log state (`log.rs`): a log that was not cleanly unmounted gives a warning; the files
 //!   are shown as they lie on disk, without replaying it.
 //!
 //! Refused: files on the realtime device (`Error::Unsupported`, "XFS realtime device"),
 //! incompatible feature bits this reader does not know (named; `metadir` and `zoned` by
-//! name), superblock versions before 4 and version 1 directories.
-//!
-//! - Lookups through the directories' hash index ([`lookup`]).
+//! name), superblock versions before 4 and version 1 directories; files of more than
+//! 2 Mi extents and directories of more than 4 Mi names (memory caps).
 //!
 //! Not done: CRCs are not verified (a hostile guest can forge them anyway; structures are
-//! checked by magic, owner, level and bounds instead), and extended attributes are not
-//! read.
+//! checked by magic, owner, level and bounds instead), extended attributes are not read,
+//! and the log is not replayed (nor are torn writes near its head looked for; see `log.rs`).
 
 mod be;
 mod bmap;
