@@ -8,7 +8,7 @@
 
 use crate::repo::envelope::FileKind;
 use crate::repo::lock::LockKind;
-use crate::repo::pack::{pack_name, verify_pack};
+use crate::repo::pack::{pack_name, read_header, verify_pack};
 use crate::repo::Repository;
 use crate::snapshot::load_table;
 use crate::snapshot::Snapshot;
@@ -24,7 +24,8 @@ pub struct CheckReport {
     pub packs: usize,
     pub blobs: usize,
     pub read_data: bool,
-    /// Packs that no index names: left by an interrupted backup; harmless.
+    /// Packs that no index names and no snapshot needs: left by an interrupted backup;
+    /// harmless, prune removes them. (One that holds needed blobs is a problem instead.)
     pub unreferenced_packs: usize,
     pub problems: Vec<String>,
 }
@@ -77,13 +78,19 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
                 .push(format!("index file {name} cannot be read: {e}")),
         }
     }
-    rep.unreferenced_packs = on_disk.keys().filter(|p| !indexed.contains_key(p)).count();
+    let orphans: Vec<Id> = on_disk
+        .keys()
+        .filter(|p| !indexed.contains_key(p))
+        .copied()
+        .collect();
     rep.blobs = pack_blobs.values().sum();
 
     // Snapshots, their tables and chunks; remember which packs each snapshot needs.
     let cache = repo.index_cache()?;
     let reader = cache.reader()?;
     let mut needs: BTreeMap<String, HashSet<Id>> = BTreeMap::new();
+    // Blobs some snapshot needs that no index names, with the snapshots needing them.
+    let mut missing: HashMap<Id, String> = HashMap::new();
     for name in repo.backend.list("snapshots")? {
         let snap = match repo
             .read_file(FileKind::Snapshot, &name)
@@ -113,6 +120,7 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
                             disk.name,
                             tid.short()
                         ));
+                        missing.insert(*tid, label.clone());
                         continue;
                     }
                     Some(loc) => {
@@ -127,23 +135,61 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
                         }
                     }
                 };
-                let mut missing = 0usize;
+                let mut n_missing = 0usize;
                 for cid in table.extents.iter().filter_map(|e| e.id) {
                     match reader.get(&cid)? {
                         Some(loc) => {
                             packs.insert(loc.pack);
                         }
-                        None => missing += 1,
+                        None => {
+                            n_missing += 1;
+                            missing.insert(cid, label.clone());
+                        }
                     }
                 }
-                if missing > 0 {
+                if n_missing > 0 {
                     rep.problems.push(format!(
-                        "{label}, disk {}: {missing} chunks of table {} are not in the index",
+                        "{label}, disk {}: {n_missing} chunks of table {} are not in the index",
                         disk.name,
                         tid.short()
                     ));
                 }
             }
+        }
+    }
+
+    // A pack no index names is garbage only if no snapshot needs what it holds: after an
+    // index file is lost, the packs it named look exactly like an interrupted backup's.
+    for pack in &orphans {
+        let size = on_disk.get(pack).copied().unwrap_or(0);
+        match read_header(&*repo.backend, &repo.keys, pack, size) {
+            Ok(c) => {
+                let needed: Vec<&String> = c
+                    .entries
+                    .iter()
+                    .filter_map(|e| missing.get(&e.id))
+                    .collect();
+                if needed.is_empty() {
+                    rep.unreferenced_packs += 1;
+                } else {
+                    rep.problems.push(format!(
+                        "pack {} is named by no index file but holds {} blobs that {} needs; \
+                         run `cairn repair index` (prune would otherwise delete it)",
+                        pack_name(pack),
+                        needed.len(),
+                        needed[0]
+                    ));
+                }
+            }
+            Err(e) if missing.is_empty() => {
+                let _ = e;
+                rep.unreferenced_packs += 1;
+            }
+            Err(e) => rep.problems.push(format!(
+                "pack {} is named by no index file and its header cannot be read ({e}); \
+                 snapshots need blobs the index lacks, so it may hold them",
+                pack_name(pack)
+            )),
         }
     }
 

@@ -17,7 +17,7 @@
 
 use crate::repo::index::{IndexFile, IndexPack};
 use crate::repo::lock::LockKind;
-use crate::repo::pack::{pack_name, parse_pack, reseal_blob, PackEntry};
+use crate::repo::pack::{pack_name, parse_pack, read_header, reseal_blob, PackEntry};
 use crate::repo::packer::{Packer, INDEX_FLUSH_ENTRIES};
 use crate::repo::Repository;
 use crate::snapshot::load_table;
@@ -41,6 +41,9 @@ pub struct PruneReport {
     pub packs_deleted: usize,
     pub packs_repacked: usize,
     pub packs_unreferenced: usize,
+    /// Packs no index named but holding needed blobs (an index file was lost): indexed
+    /// again, kept.
+    pub packs_adopted: usize,
     pub packs_written: usize,
     pub bytes_before: u64,
     pub bytes_after: u64,
@@ -69,6 +72,42 @@ fn crash_point(name: &str) {
     }
 }
 
+/// Indexes the packs that no index file names (step 0); returns what was indexed.
+fn adopt_orphans(repo: &Repository, dry_run: bool) -> Result<Option<IndexFile>> {
+    let on_disk = repo.list_packs()?;
+    let mut named = HashSet::new();
+    for name in repo.backend.list("index")? {
+        let idx = repo.read_index(&name).map_err(|e| {
+            Error::Other(format!(
+                "prune stops: {e}. Without every index file it cannot tell which packs are \
+                 garbage; run `cairn repair index` first"
+            ))
+        })?;
+        named.extend(idx.packs.iter().map(|p| p.pack));
+    }
+    let mut idx = IndexFile::default();
+    let mut orphans: Vec<(&Id, &u64)> =
+        on_disk.iter().filter(|(p, _)| !named.contains(p)).collect();
+    orphans.sort();
+    for (pack, size) in orphans {
+        // An unreadable header: nothing of it can be used; it is deleted as garbage.
+        if let Ok(c) = read_header(&*repo.backend, &repo.keys, pack, *size) {
+            idx.packs.push(IndexPack {
+                pack: *pack,
+                salt: c.header.salt,
+                entries: c.entries,
+            });
+        }
+    }
+    if idx.packs.is_empty() {
+        return Ok(None);
+    }
+    if !dry_run {
+        repo.write_index(&idx)?;
+    }
+    Ok(Some(idx))
+}
+
 pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let started = Instant::now();
     let lock = repo.lock(LockKind::Exclusive, "prune")?;
@@ -77,14 +116,25 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         ..Default::default()
     };
 
+    // 0. Adopt. A pack no index file names is normally garbage of an interrupted backup,
+    // but after an index file was lost it holds chunks snapshots need: index every such
+    // pack whose header reads, so marking sees its blobs. The unused ones are deleted
+    // below like any other pack with nothing in use; the needed ones stay.
+    let adopted = adopt_orphans(repo, opts.dry_run)?;
+
     // 1. Mark.
     let cache = repo.index_cache()?;
+    if let Some(idx) = &adopted {
+        if opts.dry_run {
+            cache.add("index/(dry run: packs no index names)", idx)?;
+        }
+    }
     let reader = cache.reader()?;
     let mut used: HashSet<Id> = HashSet::new();
     let loaded = snapshot::load_all(repo)?;
     if let Some(d) = loaded.damaged.first() {
         return Err(Error::Other(format!(
-            "prune stops: {} snapshot file(s) cannot be read ({}: {}), so prune cannot tell              which data they need and deletes nothing. Remove them with `cairn forget ID`              (or put back an intact copy), then prune again",
+            "prune stops: {} snapshot file(s) cannot be read ({}: {}), so prune cannot tell which data they need and deletes nothing. Remove them with `cairn forget ID` (or put back an intact copy), then prune again",
             loaded.damaged.len(),
             d.name,
             d.error
@@ -100,8 +150,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                 }
                 let table = load_table(repo, &reader, tid).map_err(|e| {
                     Error::Other(format!(
-                        "snapshot {} (VM {}) disk {}: {e}; prune stops, since it cannot tell what \
-                         is unused. Run `cairn check`",
+                        "snapshot {} (VM {}) disk {}: {e}; prune stops and deletes nothing, since \
+                         it cannot tell what is unused",
                         sid.short(),
                         snap.vm,
                         disk.name
@@ -110,8 +160,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                 for cid in table.extents.iter().filter_map(|e| e.id) {
                     if used.insert(cid) && !reader.contains(&cid)? {
                         return Err(Error::Other(format!(
-                            "snapshot {} (VM {}) needs chunk {}, which no index names; prune stops. \
-                             Run `cairn check`",
+                            "snapshot {} (VM {}) needs chunk {}, which no index file and no pack \
+                             header names; prune stops and deletes nothing. Run `cairn check \
+                             --read-data`",
                             sid.short(),
                             snap.vm,
                             cid.short()
@@ -130,10 +181,14 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     rep.packs_before = on_disk.len();
     rep.bytes_before = on_disk.values().sum();
     let old_index = repo.backend.list("index")?;
+    let mut indexes = Vec::with_capacity(old_index.len());
+    for name in &old_index {
+        indexes.push(repo.read_index(name)?);
+    }
     let mut plans: HashMap<Id, PackPlan> = HashMap::new();
     let mut unplaced = used;
-    for name in &old_index {
-        for p in repo.read_index(name)?.packs {
+    for p in indexes.into_iter().flat_map(|i| i.packs) {
+        {
             let plan = plans.entry(p.pack).or_default();
             plan.salt = p.salt;
             for e in p.entries {
@@ -182,6 +237,16 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     rep.packs_deleted = delete.len();
     rep.packs_repacked = repack.len();
     rep.packs_unreferenced = unreferenced.len();
+    if let Some(idx) = &adopted {
+        let kept: Vec<&Id> = idx
+            .packs
+            .iter()
+            .map(|p| &p.pack)
+            .filter(|p| plans.get(p).is_some_and(|pl| !pl.keep.is_empty()))
+            .collect();
+        rep.packs_adopted = kept.len();
+        rep.packs_unreferenced += idx.packs.len() - kept.len();
+    }
     let kept_bytes: u64 = keep.iter().map(|p| on_disk[p]).sum();
     let repacked_bytes: u64 = repack.iter().map(|p| plans[p].used_bytes).sum();
     if opts.dry_run {

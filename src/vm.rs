@@ -320,7 +320,7 @@ fn scan_folder(dir: &Path, opts: &SourceOptions, inv: &mut Inventory) -> Result<
     }
     if disks.is_empty() {
         return Err(Error::Usage(format!(
-            "VM folder {} holds no disk images (no .vmx naming one, no file named like one);              nothing was backed up",
+            "VM folder {} holds no disk images (no .vmx naming one, no file named like one); nothing was backed up",
             dir.display()
         )));
     }

@@ -9,6 +9,7 @@ mod locks;
 mod policy;
 mod protect;
 mod prune;
+mod repair;
 mod restore;
 mod snapshots;
 
@@ -67,6 +68,8 @@ pub enum Command {
     Unprotect(protect::Args),
     /// Store retention policies in the repository, for `forget --policy`.
     Policy(policy::Args),
+    /// Repair a damaged repository: index, packs, snapshots.
+    Repair(repair::Args),
     /// List the repository's locks.
     Locks,
     /// Remove stale locks (--remove-all: every lock).
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Protect(a) => protect::run(&cli, a, true),
         Command::Unprotect(a) => protect::run(&cli, a, false),
         Command::Policy(a) => policy::run(&cli, a),
+        Command::Repair(a) => repair::run(&cli, a),
         Command::Locks => locks::list(&cli),
         Command::Unlock(a) => locks::unlock(&cli, a),
     }

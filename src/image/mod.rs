@@ -173,7 +173,7 @@ pub(crate) fn linked(referrer: &Path, name: &str, chain: &Chain) -> Result<PathB
     };
     if !target.starts_with(&dir) {
         return Err(Error::Usage(format!(
-            "{} names {name} ({}), which is outside its folder {}; cairn follows backing              files and extents only inside the folder of the image that names them. Pass              --allow-backing-outside if this is intended",
+            "{} names {name} ({}), which is outside its folder {}; cairn follows backing files and extents only inside the folder of the image that names them. Pass --allow-backing-outside if this is intended",
             referrer.display(),
             target.display(),
             dir.display()
@@ -208,7 +208,7 @@ pub(crate) fn open_backing(
     let choice = probe::choose(&path, given, false).map_err(|e| fix_backing_hint(e, referrer))?;
     if let Some(w) = choice.warning {
         return Err(Error::Usage(format!(
-            "{w}. {} records no format for this backing file, so cairn cannot be told; record              it with `qemu-img rebase -u -b {name} -F FORMAT {}`",
+            "{w}. {} records no format for this backing file, so cairn cannot be told; record it with `qemu-img rebase -u -b {name} -F FORMAT {}`",
             referrer.display(),
             referrer.display()
         )));
