@@ -47,6 +47,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// The process exit code for this error, restic's where restic has one, so scripts
+    /// can tell what happened: 1 failure, 2 bad usage, 10 no repository there, 11 locked,
+    /// 12 wrong password.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::NotARepository(_) => 10,
+            Error::Locked(_) => 11,
+            Error::WrongPassword(_) => 12,
+            _ => 1,
+        }
+    }
+
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {
             what: what.into(),

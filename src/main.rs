@@ -6,11 +6,7 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cairn: error: {e}");
-            if matches!(e, cairn::Error::Usage(_)) {
-                2
-            } else {
-                1
-            }
+            e.exit_code()
         }
     };
     std::process::exit(code);

@@ -26,7 +26,7 @@ fn wrong_password_and_not_a_repository() {
     env.init(&[]);
     env.password = "wrong".into();
     let o = env.run(&["snapshots"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(12));
     assert!(
         stderr(&o).contains("wrong password for repository"),
         "{}",
@@ -38,7 +38,7 @@ fn wrong_password_and_not_a_repository() {
         .env("CAIRN_REPOSITORY", env.path("nothing"))
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(10));
     assert!(
         stderr(&o).contains("is not a cairn repository"),
         "{}",

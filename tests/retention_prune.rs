@@ -248,7 +248,7 @@ fn prune_during_a_running_backup_never_removes_its_chunks() {
     // A prune now is refused, naming the backup that holds the repository.
     let o = env.run(&["prune"]);
     let e = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert_eq!(o.status.code(), Some(11), "{e}");
     assert!(e.contains("backup --vm big") && e.contains("pid"), "{e}");
     // A scheduled prune waits for it instead.
     let waiting = env
@@ -287,7 +287,7 @@ fn stale_and_live_locks_of_other_processes() {
     std::fs::write(env.repo.join("locks/aaaa"), lock("proxy-b", 4242, now)).unwrap();
     let o = env.run(&["backup", "--vm", "x", img.to_str().unwrap()]);
     let e = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(11));
     assert!(
         e.contains("host proxy-b") && e.contains("pid 4242") && e.contains("cairn unlock"),
         "{e}"
