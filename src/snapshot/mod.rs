@@ -13,6 +13,7 @@
 
 mod name;
 mod table;
+pub mod view;
 
 pub use name::{Name, MAX_NAME};
 pub use table::{ChunkTable, Extent};
