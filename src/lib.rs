@@ -12,6 +12,7 @@ pub mod chunker;
 pub mod cli;
 pub mod crypto;
 pub mod error;
+pub mod files;
 pub mod forget;
 pub mod fs;
 pub mod gc;

@@ -297,7 +297,7 @@ fn disk_output<'a>(d: &'a Disk, dir: &Path, raw: bool) -> Output<'a> {
 /// Applies `--existing` to targets that exist; returns the ones kept. Asks on a terminal
 /// for `prompt`; without one, refuses as `abort` does, so no cron job overwrites silently.
 fn resolve_existing(outputs: &mut Vec<Output>, mode: Existing) -> Result<Vec<PathBuf>> {
-    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let interactive = interactive();
     let mut mode = mode;
     let mut kept = Vec::new();
     let mut keep = Vec::new();
@@ -334,7 +334,7 @@ fn resolve_existing(outputs: &mut Vec<Output>, mode: Existing) -> Result<Vec<Pat
     Ok(kept)
 }
 
-fn exists_error(path: &Path, why: &str) -> Error {
+pub(crate) fn exists_error(path: &Path, why: &str) -> Error {
     Error::Usage(format!(
         "{} exists{why}; nothing was restored. Pass --existing overwrite to replace it, \
          --existing keep to leave it and restore the rest, or choose another --target",
@@ -342,14 +342,19 @@ fn exists_error(path: &Path, why: &str) -> Error {
     ))
 }
 
-enum Answer {
+pub(crate) enum Answer {
     Yes,
     No,
     All,
     Quit,
 }
 
-fn ask(path: &Path) -> Result<Answer> {
+/// True if a prompt can be answered: stdin and stderr are terminals.
+pub(crate) fn interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+pub(crate) fn ask(path: &Path) -> Result<Answer> {
     loop {
         eprint!(
             "{} exists. Overwrite? [y]es, [n]o (keep it), [a]ll, [q]uit: ",

@@ -3,9 +3,11 @@
 
 mod backup;
 mod check;
+mod files;
 mod forget;
 mod init;
 mod locks;
+mod mount;
 mod policy;
 mod protect;
 mod prune;
@@ -56,6 +58,12 @@ pub enum Command {
     Restore(restore::Args),
     /// List snapshots.
     Snapshots(snapshots::Args),
+    /// List the disks and volumes of a snapshot, or the files of a directory inside one.
+    Ls(files::LsArgs),
+    /// Write one file of a snapshot to stdout (a directory with --archive tar).
+    Dump(files::DumpArgs),
+    /// Serve every snapshot read-only over FUSE: disks as raw images, volumes as files.
+    Mount(mount::Args),
     /// Verify the repository (add --read-data to verify every byte).
     Check(check::Args),
     /// Remove snapshots by retention policy (add --prune to reclaim space).
@@ -83,6 +91,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Backup(a) => backup::run(&cli, a),
         Command::Restore(a) => restore::run(&cli, a),
         Command::Snapshots(a) => snapshots::run(&cli, a),
+        Command::Ls(a) => files::ls(&cli, a),
+        Command::Dump(a) => files::dump(&cli, a),
+        Command::Mount(a) => mount::run(&cli, a),
         Command::Check(a) => check::run(&cli, a),
         Command::Forget(a) => forget::run(&cli, a),
         Command::Prune(a) => prune::run(&cli, a),

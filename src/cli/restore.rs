@@ -12,8 +12,16 @@ pub struct Args {
     #[arg(long)]
     target: PathBuf,
     /// Restore only this disk (its file name).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "paths")]
     disk: Option<String>,
+    /// Restore files or directories from inside the disk images instead:
+    /// `/<disk>/<volume>/<path>` (repeat for more); each lands in --target under its last
+    /// component, with modes, times, symlinks and (as root) owners.
+    #[arg(long = "path", value_name = "PATH")]
+    paths: Vec<std::ffi::OsString>,
+    /// With --path: say on stderr how much was read from the repository.
+    #[arg(long, requires = "paths")]
+    stats: bool,
     /// What to do with files that already exist (without a terminal, prompt means abort).
     #[arg(long, value_enum, default_value = "prompt")]
     existing: Existing,
@@ -33,6 +41,9 @@ enum Format {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
+    if !a.paths.is_empty() {
+        return restore_paths(cli, a);
+    }
     let repo = cli.open()?;
     let opts = RestoreOptions {
         target: a.target.clone(),
@@ -81,6 +92,39 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
             r.vm,
             r.duration_secs
         );
+    }
+    Ok(0)
+}
+
+fn restore_paths(cli: &Cli, a: &Args) -> Result<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let (store, b, _lock) = super::files::open_browser(cli, &a.snapshot, "restore --path")?;
+    let paths: Vec<Vec<u8>> = a.paths.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let mut r = crate::files::extract::restore_paths(&b, &paths, &a.target, a.existing)?;
+    r.bytes_fetched = store.fetched.load(std::sync::atomic::Ordering::Relaxed);
+    for w in &r.warnings {
+        eprintln!("cairn: warning: {w}");
+    }
+    if cli.json {
+        cli.print_json(&r);
+    } else {
+        for p in &r.restored {
+            println!("restored {} to {}", p.path, p.target.display());
+        }
+        for k in &r.kept {
+            println!("kept existing {}", k.display());
+        }
+        println!(
+            "{} files ({}), {} directories, {} links from snapshot {}",
+            r.files,
+            human(r.bytes),
+            r.dirs,
+            r.links,
+            &r.snapshot[..8]
+        );
+    }
+    if a.stats {
+        super::files::print_stats(&store);
     }
     Ok(0)
 }

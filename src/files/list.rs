@@ -50,6 +50,13 @@ pub fn time_string(t: Time) -> String {
         .unwrap_or_else(|| format!("@{}.{:09}", t.sec, t.nsec))
 }
 
+impl Row {
+    /// The `kind` name of a file type.
+    pub fn kind_of(k: FileType) -> &'static str {
+        kind_name(k)
+    }
+}
+
 fn kind_name(k: FileType) -> &'static str {
     match k {
         FileType::File => "file",
@@ -128,11 +135,19 @@ pub fn list(
             meta,
         } => {
             let fs = b.fs(vol)?;
-            warnings.extend(fs.warnings().into_iter().map(|w| format!("{}: {w}", b.volume_path(vol).unwrap_or_default())));
+            warnings.extend(
+                fs.warnings()
+                    .into_iter()
+                    .map(|w| format!("{}: {w}", b.volume_path(vol).unwrap_or_default())),
+            );
             let base = if inner.is_empty() {
                 b.volume_path(vol)?
             } else {
-                format!("{}/{}", b.volume_path(vol)?, String::from_utf8_lossy(&inner))
+                format!(
+                    "{}/{}",
+                    b.volume_path(vol)?,
+                    String::from_utf8_lossy(&inner)
+                )
             };
             if meta.kind != FileType::Dir {
                 let name = base.rsplit('/').next().unwrap_or("").to_string();

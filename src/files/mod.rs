@@ -13,6 +13,7 @@
 pub mod catalog;
 pub mod extract;
 pub mod list;
+pub mod mount;
 
 use crate::blockdev::BlockRead;
 use crate::fs::volume::{self, Volume};
@@ -140,7 +141,10 @@ impl Browser {
             }
         }
         let Some((vol, used)) = found else {
-            let prefix: Vec<String> = rest.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+            let prefix: Vec<String> = rest
+                .iter()
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect();
             let prefix = prefix.join("/");
             if vols
                 .iter()
@@ -148,7 +152,10 @@ impl Browser {
             {
                 return Ok(Target::VolumeDir { disk, prefix });
             }
-            return Err(not_found(path, "no volume of that disk has that name; `cairn ls SNAP /DISK` lists them"));
+            return Err(not_found(
+                path,
+                "no volume of that disk has that name; `cairn ls SNAP /DISK` lists them",
+            ));
         };
         let fs = self.fs(vol)?;
         let mut ino = fs.root();
@@ -174,7 +181,11 @@ impl Browser {
                 if target.first() == Some(&b'/') {
                     walked.clear();
                 }
-                for t in target.split(|&b| b == b'/').filter(|t| !t.is_empty() && *t != b".").rev() {
+                for t in target
+                    .split(|&b| b == b'/')
+                    .filter(|t| !t.is_empty() && *t != b".")
+                    .rev()
+                {
                     todo.push(t.to_vec());
                 }
                 ino = self.walk_to(fs.as_ref(), &walked, path)?;

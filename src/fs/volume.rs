@@ -158,7 +158,8 @@ pub fn discover(disks: &[Dev]) -> Result<Vec<Volume>> {
             Err(e) => {
                 for v in out.iter_mut() {
                     if matches!(v.content, Content::LvmPhysicalVolume(_)) {
-                        v.warnings.push(format!("its LVM metadata cannot be read: {e}"));
+                        v.warnings
+                            .push(format!("its LVM metadata cannot be read: {e}"));
                     }
                 }
             }

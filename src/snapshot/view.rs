@@ -98,7 +98,8 @@ impl Store {
             let mut j = i + 1;
             while j < locs.len() {
                 let (prev, cur) = (&locs[j - 1].entry, &locs[j].entry);
-                let gap = (cur.offset as u64).saturating_sub(prev.offset as u64 + prev.length as u64);
+                let gap =
+                    (cur.offset as u64).saturating_sub(prev.offset as u64 + prev.length as u64);
                 let span = cur.offset as u64 + cur.length as u64 - first.entry.offset as u64;
                 if locs[j].pack != first.pack || gap > MAX_GAP || span > MAX_READ {
                     break;
@@ -125,7 +126,13 @@ impl Store {
                         "a chunk table names it as data, the index as a table",
                     ));
                 }
-                let plain = Arc::new(open_blob(&self.repo.keys, &sealer, &l.entry, stored, &l.pack)?);
+                let plain = Arc::new(open_blob(
+                    &self.repo.keys,
+                    &sealer,
+                    &l.entry,
+                    stored,
+                    &l.pack,
+                )?);
                 c.put(l.entry.id, plain.clone(), plain.len() as u64);
                 out.insert(l.entry.id, plain);
             }
@@ -166,7 +173,12 @@ impl DiskView {
         let Some(id) = self.disk.tables.get(slot).copied().flatten() else {
             return Ok(None);
         };
-        if let Some(t) = self.tables.lock().unwrap_or_else(|e| e.into_inner()).get(&slot) {
+        if let Some(t) = self
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&slot)
+        {
             return Ok(Some(t));
         }
         let reader = self.store.cache.reader()?;
@@ -229,7 +241,12 @@ impl BlockRead for DiskView {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         if !fits(offset, buf.len(), self.disk.size) {
-            return Err(past_end(&self.disk.name.to_string(), offset, buf.len(), self.disk.size));
+            return Err(past_end(
+                &self.disk.name.to_string(),
+                offset,
+                buf.len(),
+                self.disk.size,
+            ));
         }
         let end = offset + buf.len() as u64;
         let pieces = self.pieces(offset..end)?;

@@ -1,0 +1,1 @@
+//! The read-only FUSE view of every snapshot (being written).
