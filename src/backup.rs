@@ -13,6 +13,7 @@
 //! then the snapshot manifest; a crash at any point leaves old snapshots untouched and at
 //! worst some unreferenced packs.
 
+use crate::blockdev::BlockRead;
 use crate::chunker::Chunker;
 use crate::crypto::Sealer;
 use crate::repo::blobs::Claims;
@@ -41,6 +42,8 @@ pub struct BackupOptions {
     pub force_read: bool,
     /// `--format`, `--allow-backing-outside`.
     pub sources: crate::vm::SourceOptions,
+    /// Write a file catalog of the disks' filesystems (for `find`); `--no-catalog` off.
+    pub catalog: bool,
     pub quiet: bool,
 }
 
@@ -76,6 +79,8 @@ pub struct BackupReport {
     /// What the user should know (also printed on stderr).
     pub warnings: Vec<String>,
     pub items: Vec<ItemReport>,
+    /// The file catalog written with the snapshot (None: none, or the parent's reused).
+    pub catalog: Option<CatalogReport>,
     /// Disks whose source was unchanged since the parent, so tables were reused unread.
     pub disks_unchanged: usize,
     pub logical_bytes: u64,
@@ -97,7 +102,7 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
     let n_disks = inv.disks.len();
     let skipped = inv.skipped;
     let mut warnings = inv.warnings;
-    let sources: Vec<Item> = inv.disks.into_iter().chain(inv.files).collect();
+    let mut sources: Vec<Item> = inv.disks.into_iter().chain(inv.files).collect();
     let lock = repo.lock(LockKind::Shared, &format!("backup --vm {}", opts.vm))?;
     let cache = repo.index_cache()?;
     let loaded = snapshot::load_all(repo)?;
@@ -125,6 +130,46 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         }
     }
     let disks_unchanged = disks[..n_disks].iter().filter(|d| d.is_some()).count();
+
+    // The file catalog: built from the source disks when any of them is read, else the
+    // parent's still describes them.
+    let mut catalog = None;
+    let mut catalog_report = None;
+    if opts.catalog && to_read.iter().any(|&i| i < n_disks) {
+        let t = Instant::now();
+        let devs: Vec<(String, Arc<dyn BlockRead>)> = sources[..n_disks]
+            .iter()
+            .map(|s| (s.name.to_string(), s.image.clone() as Arc<dyn BlockRead>))
+            .collect();
+        match crate::files::catalog::build_guarded(&devs) {
+            Ok(c) => {
+                let bytes = c.encode();
+                catalog_report = Some(CatalogReport {
+                    volumes: c.volumes.len(),
+                    entries: c.volumes.iter().map(|v| v.entries.len()).sum(),
+                    bytes: bytes.len() as u64,
+                    secs: t.elapsed().as_secs_f64(),
+                    errors: c.volumes.iter().filter_map(|v| v.error.clone()).collect(),
+                });
+                sources.push(Item {
+                    name: crate::snapshot::Name::new("catalog"),
+                    path: PathBuf::from("(file catalog)"),
+                    format: crate::files::catalog::CATALOG_FORMAT,
+                    image: Arc::new(InMemory(bytes)),
+                    config_ref: None,
+                    format_source: None,
+                });
+                to_read.push(sources.len() - 1);
+                disks.push(None);
+            }
+            Err(e) => warnings.push(format!(
+                "no file catalog for this snapshot ({e}); `find` walks its filesystems instead"
+            )),
+        }
+    } else if opts.catalog {
+        catalog = parent.as_ref().and_then(|p| p.1.catalog.clone());
+    }
+    let catalog_slot = catalog_report.as_ref().map(|_| sources.len() - 1);
 
     // Progress counts allocated bytes: holes cost nothing, so they must not weigh in the
     // estimate either.
@@ -172,7 +217,10 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         .into_iter()
         .map(|d| d.expect("every item was read or reused"));
     let disks: Vec<Disk> = items.by_ref().take(n_disks).collect();
-    let files: Vec<Disk> = items.collect();
+    let mut files: Vec<Disk> = items.collect();
+    if catalog_slot.is_some() {
+        catalog = files.pop();
+    }
 
     let summary = Summary {
         bytes_read: w.bytes_read,
@@ -191,6 +239,7 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         disks,
         summary: summary.clone(),
         files,
+        catalog,
     };
     let id = snapshot::save(repo, &snap)?;
     // Every chunk of these tables is now in an index file: a later backup may reuse them
@@ -199,6 +248,7 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
     cache.flush()?;
     let items = sources
         .iter()
+        .take(catalog_slot.unwrap_or(sources.len()))
         .zip(&snap_unchanged(&to_read, sources.len()))
         .map(|(src, &unchanged)| {
             let me = std::fs::canonicalize(&src.path).unwrap_or_else(|_| src.path.clone());
@@ -227,6 +277,7 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         skipped,
         warnings,
         items,
+        catalog: catalog_report,
         disks_unchanged,
         logical_bytes: snap.logical_size(),
         bytes_read: summary.bytes_read,
@@ -236,6 +287,46 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         packs_written,
         duration_secs: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What the file catalog of a backup holds and cost.
+#[derive(Debug, serde::Serialize)]
+pub struct CatalogReport {
+    pub volumes: usize,
+    pub entries: usize,
+    /// Encoded size, before chunking and compression.
+    pub bytes: u64,
+    /// Time spent walking the filesystems.
+    pub secs: f64,
+    /// Volumes whose walk stopped early, and why.
+    pub errors: Vec<String>,
+}
+
+/// Bytes held in memory presented as a source (the file catalog).
+struct InMemory(Vec<u8>);
+
+impl BlockRead for InMemory {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        crate::blockdev::MemDisk::read_slice(&self.0, offset, buf)
+    }
+}
+
+impl crate::image::DiskImage for InMemory {
+    fn format(&self) -> &'static str {
+        crate::files::catalog::CATALOG_FORMAT
+    }
+
+    fn stamp(&self) -> Option<crate::image::SourceStamp> {
+        None
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
 }
 
 /// Per source: true if it was not read (reused from the parent).

@@ -194,18 +194,25 @@ impl BlockRead for Concat {
 /// A view held in memory: tests, fuzzing, and small objects.
 pub struct MemDisk(pub Vec<u8>);
 
+impl MemDisk {
+    /// `read_at` over any byte slice.
+    pub fn read_slice(data: &[u8], offset: u64, buf: &mut [u8]) -> Result<()> {
+        if !fits(offset, buf.len(), data.len() as u64) {
+            return Err(past_end("image", offset, buf.len(), data.len() as u64));
+        }
+        let o = offset as usize;
+        buf.copy_from_slice(&data[o..o + buf.len()]);
+        Ok(())
+    }
+}
+
 impl BlockRead for MemDisk {
     fn size(&self) -> u64 {
         self.0.len() as u64
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if !fits(offset, buf.len(), self.size()) {
-            return Err(past_end("image", offset, buf.len(), self.size()));
-        }
-        let o = offset as usize;
-        buf.copy_from_slice(&self.0[o..o + buf.len()]);
-        Ok(())
+        MemDisk::read_slice(&self.0, offset, buf)
     }
 }
 

@@ -27,7 +27,7 @@ pub struct Item {
     pub path: PathBuf,
     /// The source format recorded in the manifest: the image's, or "file" for config.
     pub format: &'static str,
-    pub image: Box<dyn DiskImage>,
+    pub image: std::sync::Arc<dyn DiskImage>,
     /// How the `.vmx` named this disk (its `fileName` value), if it did.
     pub config_ref: Option<Name>,
     /// Who decided the disk's format (None for config files).
@@ -165,7 +165,7 @@ fn open_disk(
         Item {
             name: file_name(p)?,
             format: o.image.format(),
-            image: o.image,
+            image: o.image.into(),
             path: p.to_path_buf(),
             config_ref,
             format_source: Some(o.source),
@@ -311,7 +311,7 @@ fn scan_folder(dir: &Path, opts: &SourceOptions, inv: &mut Inventory) -> Result<
             inv.files.push(Item {
                 name,
                 format: FILE_FORMAT,
-                image: Box::new(image::RawImage::open(&p)?),
+                image: std::sync::Arc::new(image::RawImage::open(&p)?),
                 path: p,
                 config_ref: None,
                 format_source: None,

@@ -31,6 +31,9 @@ pub struct Args {
     /// them (refused by default: an image must not make the backup read other files).
     #[arg(long)]
     allow_backing_outside: bool,
+    /// Do not write a file catalog (what `find` searches) of the disks' filesystems.
+    #[arg(long)]
+    no_catalog: bool,
     /// Disk images (raw, qcow2, VMDK, VHD, VHDX, block devices) or VM folders (the disks
     /// the .vmx names, plus the config files; lock files, swap and logs are skipped).
     #[arg(required = true, value_name = "DISK|FOLDER")]
@@ -72,6 +75,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
                 .collect(),
             allow_backing_outside: a.allow_backing_outside,
         },
+        catalog: !a.no_catalog,
         quiet: cli.quiet,
     };
     let r = backup::run(&repo, &a.disks, &opts)?;

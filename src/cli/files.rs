@@ -207,3 +207,87 @@ pub fn dump(cli: &Cli, a: &DumpArgs) -> Result<i32> {
     }
     Ok(0)
 }
+
+#[derive(clap::Args, Debug)]
+pub struct FindArgs {
+    /// Snapshots to search (id prefixes); default: every snapshot (of --vm / --host).
+    #[arg(value_name = "SNAPSHOT")]
+    snapshots: Vec<String>,
+    /// Only this VM's snapshots.
+    #[arg(long)]
+    vm: Option<String>,
+    /// Only snapshots taken by this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Glob on the file name (`nginx.conf`, `*.dll`).
+    #[arg(long)]
+    name: Option<String>,
+    /// Glob on the whole path, `/<disk>/<volume>/<path>` (`/*/p2/etc/**`).
+    #[arg(long)]
+    path: Option<String>,
+}
+
+pub fn find(cli: &Cli, a: &FindArgs) -> Result<i32> {
+    let q = crate::files::catalog::Query::new(a.name.as_deref(), a.path.as_deref())?;
+    let repo = Arc::new(cli.open()?);
+    let _lock = repo.lock(LockKind::Shared, "find")?;
+    let cache = Arc::new(repo.index_cache()?);
+    let loaded = crate::snapshot::load_all(&repo)?;
+    if let Some(w) = loaded.warning() {
+        eprintln!("cairn: warning: {w}");
+    }
+    let store = Store::new(repo.clone(), cache, CHUNK_CACHE);
+    let mut hits = Vec::new();
+    let mut searched = 0;
+    for (id, snap) in loaded.snapshots {
+        let hex = id.to_hex();
+        if !a.snapshots.is_empty()
+            && !a
+                .snapshots
+                .iter()
+                .any(|p| !p.is_empty() && hex.starts_with(&p.to_ascii_lowercase()))
+        {
+            continue;
+        }
+        if a.vm.as_ref().is_some_and(|v| v != &snap.vm)
+            || a.host.as_ref().is_some_and(|h| h != &snap.host)
+        {
+            continue;
+        }
+        searched += 1;
+        let b = Browser::new(&store, id, snap);
+        let found = crate::files::catalog::search(&b, &q, &mut |h| {
+            if !cli.json {
+                let mtime = h.mtime.get(..19).unwrap_or(&h.mtime).replace('T', " ");
+                println!(
+                    "{}  {}  {}  {:>12}  {mtime}",
+                    &h.snapshot[..8],
+                    h.time,
+                    h.path,
+                    h.size
+                );
+            }
+            hits.push(h);
+        });
+        match found {
+            Ok(true) => {}
+            Ok(false) => eprintln!(
+                "cairn: note: snapshot {} has no file catalog (written without one); its \
+                 filesystems were walked instead",
+                id.short()
+            ),
+            Err(e) => eprintln!("cairn: warning: snapshot {}: {e}", id.short()),
+        }
+    }
+    if cli.json {
+        cli.print_json(&hits);
+    } else {
+        let m = if hits.len() == 1 { "match" } else { "matches" };
+        println!(
+            "{} {m} in {}",
+            hits.len(),
+            super::plural(searched, "snapshot")
+        );
+    }
+    Ok(0)
+}

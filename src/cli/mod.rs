@@ -62,6 +62,8 @@ pub enum Command {
     Ls(files::LsArgs),
     /// Write one file of a snapshot to stdout (a directory with --archive tar).
     Dump(files::DumpArgs),
+    /// Find files by name or path in every snapshot (each version of a file).
+    Find(files::FindArgs),
     /// Serve every snapshot read-only over FUSE: disks as raw images, volumes as files.
     Mount(mount::Args),
     /// Verify the repository (add --read-data to verify every byte).
@@ -93,6 +95,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Snapshots(a) => snapshots::run(&cli, a),
         Command::Ls(a) => files::ls(&cli, a),
         Command::Dump(a) => files::dump(&cli, a),
+        Command::Find(a) => files::find(&cli, a),
         Command::Mount(a) => mount::run(&cli, a),
         Command::Check(a) => check::run(&cli, a),
         Command::Forget(a) => forget::run(&cli, a),

@@ -29,6 +29,7 @@ const MAX_LINKS: usize = 40;
 
 /// One snapshot, browsable.
 pub struct Browser {
+    pub store: Arc<Store>,
     pub id: Id,
     pub snap: Snapshot,
     pub disks: Vec<Arc<DiskView>>,
@@ -63,6 +64,7 @@ impl Browser {
             .map(|d| Arc::new(DiskView::new(store.clone(), d.clone())))
             .collect();
         Browser {
+            store: store.clone(),
             id,
             snap,
             disks,

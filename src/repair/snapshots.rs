@@ -93,6 +93,14 @@ pub fn run(repo: &Repository, dry_run: bool) -> Result<SnapshotsReport> {
             }
         }
         new.files = files;
+        // A catalog with any loss is dropped: `find` then walks the filesystems.
+        if let Some(mut c) = new.catalog.take() {
+            if heal_disk(repo, &reader, &mut c, None, &mut stored)?.is_empty() {
+                new.catalog = Some(c);
+            } else {
+                report.files_dropped.push("(file catalog)".into());
+            }
+        }
         if report.disks.is_empty() && report.files_dropped.is_empty() {
             continue;
         }

@@ -8,8 +8,8 @@
 //!
 //! Versions: 1 had no `files`; 2 added `files` (a VM folder's `.vmx`, `.nvram`, … stored and
 //! deduplicated like disks); 3 keeps names as bytes, records how the VM's config named each
-//! disk (`config_ref`, so a restore can point the config at the restored disk) and the disk
-//! ranges `repair snapshots` had to give up (`lost`). Versions 1 and 2 are still read.
+//! disk (`config_ref`, so a restore can point the config at the restored disk), the disk
+//! ranges `repair snapshots` had to give up (`lost`), and the file catalog (`catalog`). Versions 1 and 2 are still read.
 
 mod name;
 mod table;
@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub summary: Summary,
     /// The VM's config and other small files (format "file"), restored byte-exact.
     pub files: Vec<Disk>,
+    /// The file catalog of the disks' filesystems (format "catalog"), for `find`.
+    pub catalog: Option<Disk>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -132,6 +134,7 @@ impl From<SnapshotV2> for Snapshot {
             disks: s.disks.into_iter().map(Disk::from).collect(),
             summary: s.summary,
             files: s.files.into_iter().map(Disk::from).collect(),
+            catalog: None,
         }
     }
 }
@@ -154,9 +157,10 @@ impl From<SnapshotV1> for Snapshot {
 }
 
 impl Snapshot {
-    /// Disks and files: everything whose chunk tables the snapshot references.
+    /// Disks, files and the catalog: everything whose chunk tables the snapshot
+    /// references.
     pub fn items(&self) -> impl Iterator<Item = &Disk> {
-        self.disks.iter().chain(&self.files)
+        self.disks.iter().chain(&self.files).chain(&self.catalog)
     }
 
     pub fn logical_size(&self) -> u64 {
@@ -212,7 +216,9 @@ impl Snapshot {
                     d.name
                 ));
             }
-            if !seen.insert(&d.name) {
+            // The catalog is never restored as a file: its name may be anything safe.
+            let restored = !self.catalog.as_ref().is_some_and(|c| std::ptr::eq(c, d));
+            if restored && !seen.insert(&d.name) {
                 return Some(format!("two items are named {:?}", d.name));
             }
             if !d.table_span.is_power_of_two()
@@ -402,6 +408,7 @@ mod tests {
             }],
             summary: Summary::default(),
             files: vec![disk("web01.vmx", "file", 1234, vec![Some(Id([4; 32]))])],
+            catalog: Some(disk("catalog", "catalog", 99, vec![Some(Id([5; 32]))])),
         }
     }
 
