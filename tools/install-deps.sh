@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Installs the disk tools the tests and the demo drive (Debian/Ubuntu package names).
+# Installs the tools the tests and the demo drive (Debian/Ubuntu package names): disk image
+# and filesystem tools to build real guest disks, ntfs-3g and fuse3 for NTFS images and the
+# FUSE mount, lvm2 and cryptsetup for LVM and LUKS volumes.
 # Idempotent: does nothing when every tool is present.
 set -euo pipefail
 declare -A pkg=([sfdisk]=fdisk [mkfs.ext4]=e2fsprogs [e2fsck]=e2fsprogs [debugfs]=e2fsprogs
-                [qemu-img]=qemu-utils [qemu-io]=qemu-utils [sha256sum]=coreutils)
+                [qemu-img]=qemu-utils [qemu-io]=qemu-utils [sha256sum]=coreutils
+                [mkfs.xfs]=xfsprogs [mkntfs]=ntfs-3g [ntfs-3g]=ntfs-3g [setfattr]=attr
+                [mcopy]=mtools [mkfs.vfat]=dosfstools [pvcreate]=lvm2 [losetup]=mount
+                [cryptsetup]=cryptsetup-bin [fusermount3]=fuse3 [tar]=tar)
 missing=()
 for tool in "${!pkg[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/sbin:/usr/sbin" command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg[$tool]}")
