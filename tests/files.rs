@@ -597,14 +597,13 @@ fn xfs_partition() {
     let env = Env::new();
     env.init(&[]);
     let src = env.path("src");
-    let mut shape = Shape {
+    let shape = Shape {
         unix: true,
         odd_names: false,
     };
     make_src(&src, shape, 5);
     // mkfs.xfs -p writes each file as one extent: no holes to keep.
     std::fs::remove_file(src.join("var/sparse.img")).unwrap();
-    shape.unix = true;
     let proto = env.path("proto");
     std::fs::write(&proto, protofile(&src)).unwrap();
     let xfs = env.path("xfs.img");
