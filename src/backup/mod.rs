@@ -1,0 +1,393 @@
+//! `backup`: one VM's disks and config files into one snapshot.
+//!
+//! - this module: what to read (disks unchanged since the parent are reused unread), the
+//!   file catalog, the manifest, the report;
+//! - `pipeline`: reading, chunking, storing, in bounded memory.
+//!
+//! Write order: packs, then index files naming only durable packs, then the snapshot
+//! manifest; a crash at any point leaves old snapshots untouched and at worst some
+//! unreferenced packs.
+
+mod pipeline;
+
+use pipeline::{Session, WINDOW};
+
+use crate::blockdev::BlockRead;
+use crate::repo::lock::LockKind;
+use crate::repo::Repository;
+use crate::snapshot::{self, Disk, Snapshot, Summary, MANIFEST_VERSION};
+use crate::vm::Item;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct BackupOptions {
+    pub vm: String,
+    pub host: String,
+    pub tags: Vec<String>,
+    /// RFC 3339.
+    pub time: String,
+    /// Read every disk even when its source file looks unchanged.
+    pub force_read: bool,
+    /// `--format`, `--allow-backing-outside`.
+    pub sources: crate::vm::SourceOptions,
+    /// Write a file catalog of the disks' filesystems (for `find`); `--no-catalog` off.
+    pub catalog: bool,
+    pub quiet: bool,
+}
+
+/// One disk or config file of a backup, as the report shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct ItemReport {
+    pub name: crate::snapshot::Name,
+    #[serde(serialize_with = "crate::report::path")]
+    pub path: PathBuf,
+    pub format: &'static str,
+    /// Who decided the format: `given` (--format), `config` (.vmx), `name-and-content`,
+    /// `raw-by-name`, `no-format-found`. None for config files.
+    pub format_source: Option<crate::image::Source>,
+    /// Every other host file read for it: backing files, parents, extents.
+    #[serde(serialize_with = "crate::report::paths")]
+    pub follows: Vec<PathBuf>,
+    /// Its source was unchanged since the parent snapshot, so it was not read.
+    pub unchanged: bool,
+}
+
+/// What a backup did, for the user and `--json`.
+#[derive(Debug, serde::Serialize)]
+pub struct BackupReport {
+    pub snapshot: String,
+    pub vm: String,
+    pub time: String,
+    pub parent: Option<String>,
+    pub disks: usize,
+    /// Config files of a VM folder, stored whole.
+    pub files: usize,
+    /// Files of a VM folder left out (locks, swap, logs), and why.
+    pub skipped: Vec<crate::vm::Skipped>,
+    /// What the user should know (also printed on stderr).
+    pub warnings: Vec<String>,
+    pub items: Vec<ItemReport>,
+    /// The file catalog written with the snapshot (None: none, or the parent's reused).
+    pub catalog: Option<CatalogReport>,
+    /// Disks whose source was unchanged since the parent, so tables were reused unread.
+    pub disks_unchanged: usize,
+    pub logical_bytes: u64,
+    pub bytes_read: u64,
+    pub bytes_new: u64,
+    pub bytes_stored: u64,
+    pub holes_skipped: u64,
+    pub packs_written: usize,
+    pub duration_secs: f64,
+}
+
+/// Backs up one VM's disks (and, for a VM folder, its config files) into one snapshot.
+pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result<BackupReport> {
+    let started = Instant::now();
+    if opts.vm.trim().is_empty() {
+        return Err(Error::Usage("--vm needs a VM name".into()));
+    }
+    let inv = crate::vm::inventory(paths, &opts.sources)?;
+    let n_disks = inv.disks.len();
+    let skipped = inv.skipped;
+    let mut warnings = inv.warnings;
+    let mut sources: Vec<Item> = inv.disks.into_iter().chain(inv.files).collect();
+    let lock = repo.lock(LockKind::Shared, &format!("backup --vm {}", opts.vm))?;
+    let cache = repo.index_cache()?;
+    let loaded = snapshot::load_all(repo)?;
+    warnings.extend(loaded.warning());
+    let parent = loaded
+        .snapshots
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.vm == opts.vm);
+
+    let span = repo.config.table_span;
+    let mut disks: Vec<Option<Disk>> = Vec::new();
+    let mut to_read = Vec::new();
+    {
+        let reader = cache.reader()?;
+        for (i, src) in sources.iter().enumerate() {
+            let reused = (!opts.force_read)
+                .then(|| unchanged_disk(repo, parent.as_ref().map(|p| &p.1), src, span, &reader))
+                .transpose()?
+                .flatten();
+            if reused.is_none() {
+                to_read.push(i);
+            }
+            disks.push(reused);
+        }
+    }
+    let disks_unchanged = disks[..n_disks].iter().filter(|d| d.is_some()).count();
+
+    // The file catalog: built from the source disks when any of them is read, else the
+    // parent's still describes them.
+    let mut catalog = None;
+    let mut catalog_report = None;
+    if opts.catalog && to_read.iter().any(|&i| i < n_disks) {
+        let t = Instant::now();
+        let devs: Vec<(String, Arc<dyn BlockRead>)> = sources[..n_disks]
+            .iter()
+            .map(|s| (s.name.to_string(), s.image.clone() as Arc<dyn BlockRead>))
+            .collect();
+        match crate::files::catalog::build_guarded(&devs) {
+            Ok(c) => {
+                let bytes = c.encode();
+                catalog_report = Some(CatalogReport {
+                    volumes: c.volumes.len(),
+                    entries: c.volumes.iter().map(|v| v.entries.len()).sum(),
+                    bytes: bytes.len() as u64,
+                    secs: t.elapsed().as_secs_f64(),
+                    errors: c.volumes.iter().filter_map(|v| v.error.clone()).collect(),
+                });
+                sources.push(Item {
+                    name: crate::snapshot::Name::new("catalog"),
+                    path: PathBuf::from("(file catalog)"),
+                    format: crate::files::catalog::CATALOG_FORMAT,
+                    image: Arc::new(InMemory(bytes)),
+                    config_ref: None,
+                    format_source: None,
+                });
+                to_read.push(sources.len() - 1);
+                disks.push(None);
+            }
+            Err(e) => warnings.push(format!(
+                "no file catalog for this snapshot ({e}); `find` walks its filesystems instead"
+            )),
+        }
+    } else if opts.catalog {
+        catalog = parent.as_ref().and_then(|p| p.1.catalog.clone());
+    }
+    let catalog_slot = catalog_report.as_ref().map(|_| sources.len() - 1);
+
+    // Progress counts allocated bytes: holes cost nothing, so they must not weigh in the
+    // estimate either.
+    let mut total = 0;
+    for &i in &to_read {
+        total += allocated_bytes(sources[i].image.as_ref(), span)?;
+    }
+    let bar = crate::progress::bytes_bar(total, "backup", opts.quiet);
+    let mut session = Session::new(repo, &cache);
+    let read_sources: Vec<&Item> = to_read.iter().map(|&i| &sources[i]).collect();
+    let tables = session.run_pipeline(&read_sources, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    let Session { shared, mut w } = session;
+    if let Some(written) = w.packer.finish()? {
+        shared.indexed(&written)?;
+    }
+    let (bytes_stored, packs_written) = (w.packer.bytes_stored, w.packer.packs_written);
+    for (&i, tables) in to_read.iter().zip(tables) {
+        let src = &sources[i];
+        if let Some(stamp) = src.image.stamp() {
+            let now = std::fs::metadata(&src.path).map(|m| m.len()).unwrap_or(0);
+            if now != stamp.size {
+                let how = if now < stamp.size { "shrank" } else { "grew" };
+                return Err(Error::Other(format!(
+                    "disk image {} {how} while being read ({} → {now} bytes); back up from a \
+                     frozen snapshot. Nothing was committed",
+                    src.path.display(),
+                    stamp.size
+                )));
+            }
+        }
+        disks[i] = Some(Disk {
+            name: src.name.clone(),
+            format: src.format.into(),
+            size: src.image.size(),
+            table_span: span,
+            tables,
+            stamp: src.image.stamp(),
+            config_ref: src.config_ref.clone(),
+            lost: Vec::new(),
+        });
+    }
+    lock.check()?;
+    let mut items = disks
+        .into_iter()
+        .map(|d| d.expect("every item was read or reused"));
+    let disks: Vec<Disk> = items.by_ref().take(n_disks).collect();
+    let mut files: Vec<Disk> = items.collect();
+    if catalog_slot.is_some() {
+        catalog = files.pop();
+    }
+
+    let summary = Summary {
+        bytes_read: w.bytes_read,
+        bytes_new: w.bytes_new,
+        bytes_stored,
+        holes: w.holes,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    let snap = Snapshot {
+        version: MANIFEST_VERSION,
+        vm: opts.vm.clone(),
+        time: opts.time.clone(),
+        host: opts.host.clone(),
+        tags: opts.tags.clone(),
+        parent: parent.as_ref().map(|p| p.0),
+        disks,
+        summary: summary.clone(),
+        files,
+        catalog,
+    };
+    let id = snapshot::save(repo, &snap)?;
+    // Every chunk of these tables is now in an index file: a later backup may reuse them
+    // without reading them again.
+    cache.mark_complete(snap.items().flat_map(|d| d.tables.iter().flatten()))?;
+    cache.flush()?;
+    let items = sources
+        .iter()
+        .take(catalog_slot.unwrap_or(sources.len()))
+        .zip(&snap_unchanged(&to_read, sources.len()))
+        .map(|(src, &unchanged)| {
+            let me = std::fs::canonicalize(&src.path).unwrap_or_else(|_| src.path.clone());
+            ItemReport {
+                name: src.name.clone(),
+                path: src.path.clone(),
+                format: src.format,
+                format_source: src.format_source,
+                follows: src
+                    .image
+                    .files()
+                    .into_iter()
+                    .filter(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()) != me)
+                    .collect(),
+                unchanged,
+            }
+        })
+        .collect();
+    Ok(BackupReport {
+        snapshot: id.to_hex(),
+        vm: snap.vm.clone(),
+        time: snap.time.clone(),
+        parent: snap.parent.map(|p| p.to_hex()),
+        disks: snap.disks.len(),
+        files: snap.files.len(),
+        skipped,
+        warnings,
+        items,
+        catalog: catalog_report,
+        disks_unchanged,
+        logical_bytes: snap.logical_size(),
+        bytes_read: summary.bytes_read,
+        bytes_new: summary.bytes_new,
+        bytes_stored: summary.bytes_stored,
+        holes_skipped: summary.holes,
+        packs_written,
+        duration_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// What the file catalog of a backup holds and cost.
+#[derive(Debug, serde::Serialize)]
+pub struct CatalogReport {
+    pub volumes: usize,
+    pub entries: usize,
+    /// Encoded size, before chunking and compression.
+    pub bytes: u64,
+    /// Time spent walking the filesystems.
+    pub secs: f64,
+    /// Volumes whose walk stopped early, and why.
+    pub errors: Vec<String>,
+}
+
+/// Bytes held in memory presented as a source (the file catalog).
+struct InMemory(Vec<u8>);
+
+impl BlockRead for InMemory {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        crate::blockdev::MemDisk::read_slice(&self.0, offset, buf)
+    }
+}
+
+impl crate::image::DiskImage for InMemory {
+    fn format(&self) -> &'static str {
+        crate::files::catalog::CATALOG_FORMAT
+    }
+
+    fn stamp(&self) -> Option<crate::image::SourceStamp> {
+        None
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
+/// Per source: true if it was not read (reused from the parent).
+fn snap_unchanged(to_read: &[usize], n: usize) -> Vec<bool> {
+    let mut v = vec![true; n];
+    to_read.iter().for_each(|&i| v[i] = false);
+    v
+}
+
+/// The allocated bytes of an image, window by window (metadata only).
+fn allocated_bytes(img: &dyn crate::image::DiskImage, span: u64) -> Result<u64> {
+    let window = span.min(WINDOW);
+    let (size, mut off, mut total) = (img.size(), 0u64, 0u64);
+    while off < size {
+        let end = (off + window).min(size);
+        total += img
+            .allocated(off..end)?
+            .iter()
+            .map(|r| r.end - r.start)
+            .sum::<u64>();
+        off = end;
+    }
+    Ok(total)
+}
+
+/// The parent's record of this disk, if the source file is provably unchanged and every
+/// table it names is still in the index.
+fn unchanged_disk(
+    repo: &Repository,
+    parent: Option<&Snapshot>,
+    src: &Item,
+    span: u64,
+    reader: &crate::repo::cache::CacheReader,
+) -> Result<Option<Disk>> {
+    let (Some(parent), Some(stamp)) = (parent, src.image.stamp()) else {
+        return Ok(None);
+    };
+    let Some(d) = parent.items().find(|d| d.name == src.name) else {
+        return Ok(None);
+    };
+    if d.stamp != Some(stamp) || d.table_span != span || d.format != src.format {
+        return Ok(None);
+    }
+    // Every chunk must still be in the index: after `repair packs` dropped a damaged
+    // blob, reusing the old tables would make this snapshot unrestorable too, while
+    // reading the disk stores the blob again. Tables checked once are remembered.
+    for t in d.tables.iter().flatten() {
+        if reader.is_complete(t)? {
+            continue;
+        }
+        if !reader.contains(t)? {
+            return Ok(None);
+        }
+        let table = snapshot::load_table(repo, reader, t)?;
+        for id in table.extents.iter().filter_map(|e| e.id) {
+            if !reader.contains(&id)? {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(d.clone()))
+}
+
+/// The default `--time`: now, in the local offset.
+pub fn now_rfc3339() -> String {
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
+
+/// A disk's file name, for messages.
+pub fn disk_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
