@@ -17,6 +17,7 @@ mod host;
 mod layered;
 pub mod probe;
 mod qcow2;
+pub mod qcow2_bitmap;
 mod raw;
 mod vhd;
 mod vhdx;

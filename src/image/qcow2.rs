@@ -79,6 +79,31 @@ pub(super) fn open(path: &Path, above: &super::Chain) -> Result<Box<dyn DiskImag
     Ok(Box::new(Layered::new("qcow2", q, backing)))
 }
 
+/// The header extensions (type, offset of the data, length), which live between the
+/// header and the end of the first cluster.
+pub(super) fn extensions(file: &HostFile, cluster: u64, header_len: u64) -> Result<Vec<(u32, u64, u64)>> {
+    let end = cluster.min(file.len());
+    let mut out = Vec::new();
+    let mut pos = header_len;
+    while pos + 8 <= end {
+        let mut eh = [0u8; 8];
+        file.read_exact_at(pos, &mut eh, &|| "qcow2 header extension".into())?;
+        let (ty, len) = (be32(&eh, 0), be32(&eh, 4) as u64);
+        if ty == EXT_END {
+            break;
+        }
+        let data_end = pos + 8 + len;
+        if data_end > end {
+            return Err(file.bad(format_args!(
+                "qcow2 header extension {ty:#x} at {pos} runs past the first cluster"
+            )));
+        }
+        out.push((ty, pos + 8, len));
+        pos = data_end.div_ceil(8) * 8;
+    }
+    Ok(out)
+}
+
 impl Qcow2 {
     fn parse(file: HostFile) -> Result<(Qcow2, Links)> {
         let mut h = [0u8; 112];
@@ -236,25 +261,10 @@ impl Qcow2 {
             }
             links.backing = Some(name);
         }
-        // Header extensions live between the header and the end of the first cluster.
-        let end = cluster.min(file.len());
-        let mut pos = header_len;
-        while pos + 8 <= end {
-            let mut eh = [0u8; 8];
-            file.read_exact_at(pos, &mut eh, &|| "qcow2 header extension".into())?;
-            let (ty, len) = (be32(&eh, 0), be32(&eh, 4) as u64);
-            if ty == EXT_END {
-                break;
-            }
-            let data_end = pos + 8 + len;
-            if data_end > end {
-                return Err(file.bad(format_args!(
-                    "qcow2 header extension {ty:#x} at {pos} runs past the first cluster"
-                )));
-            }
+        for (ty, pos, len) in extensions(file, cluster, header_len)? {
             match ty {
                 EXT_BACKING_FORMAT => {
-                    let f = file.read_vec(pos + 8, len, &|| "backing format extension".into())?;
+                    let f = file.read_vec(pos, len, &|| "backing format extension".into())?;
                     let f = String::from_utf8_lossy(&f)
                         .trim_end_matches('\0')
                         .to_string();
@@ -268,7 +278,6 @@ impl Qcow2 {
                 }
                 _ => {}
             }
-            pos = data_end.div_ceil(8) * 8;
         }
         Ok(links)
     }
