@@ -150,6 +150,10 @@ fn mount_serves_every_snapshot_read_only() {
     std::os::unix::fs::symlink("../d0/f0", tree.join("etc/link")).unwrap();
     let img = env.path("disk.img");
     let size = 32 << 20;
+    // A second disk with no filesystem cairn reads: only its raw image and a note.
+    let data = env.path("data.img");
+    make_random_image(&data, 4 << 20, 3 << 20, 11);
+    let data_sha = sha256(&data);
     let mut generations = Vec::new();
     for (i, text) in ["first version\n", "second, longer version\n"]
         .iter()
@@ -157,7 +161,7 @@ fn mount_serves_every_snapshot_read_only() {
     {
         std::fs::write(tree.join("etc/config"), text).unwrap();
         make_ext4_image(&img, size, &tree);
-        let r = env.backup("web/01", &[&img], &[]);
+        let r = env.backup("web/01", &[&img, &data], &[]);
         let time = r["time"].as_str().unwrap().to_string();
         let id = r["snapshot"].as_str().unwrap().to_string();
         generations.push((time, id, text.to_string(), sha256(&img)));
@@ -226,6 +230,18 @@ fn mount_serves_every_snapshot_read_only() {
         let disk = snap.join("disks/disk.img");
         assert_eq!(std::fs::metadata(&disk).unwrap().len(), size);
         assert_eq!(&sha256(&disk), image_sha);
+        assert_eq!(sha256(&snap.join("disks/data.img")), data_sha);
+        let left: Vec<String> = std::fs::read_dir(snap.join("files/data.img"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["README-unreadable-volumes"]);
+        let why =
+            std::fs::read_to_string(snap.join("files/data.img/README-unreadable-volumes")).unwrap();
+        assert!(
+            why.contains("/data.img/fs: no filesystem cairn reads"),
+            "{why}"
+        );
     }
 
     // Read-only, whatever is tried.

@@ -444,11 +444,11 @@ impl Tree {
     pub fn lookup(&self, dir: &Node, name: &[u8]) -> Res<(Node, Meta)> {
         let node = match dir {
             Node::Guest { snap, vol, ino } => {
-                let (_, fs) = self.fs(*snap, *vol)?;
-                let e = fs.lookup(*ino, name)?.ok_or(Fault::NotFound)?;
                 if !valid_name(name) {
                     return Err(Fault::NotFound);
                 }
+                let (_, fs) = self.fs(*snap, *vol)?;
+                let e = fs.lookup(*ino, name)?.ok_or(Fault::NotFound)?;
                 let meta = fs.stat(e.ino)?;
                 let node = Node::Guest {
                     snap: *snap,
