@@ -3,8 +3,9 @@
 //!
 //! - `tree`: what is shown (VM and snapshot folders, raw disks, the volumes' files) and the
 //!   lazy opening of snapshots.
+//! - `layout`: which volumes of a disk `files/<disk>` shows, and the note on the others.
 //! - `inodes`: the mount's own node ids and their lifetimes.
-//! - `adapter`: the `fuser` filesystem over both.
+//! - `adapter`: the `fuser` filesystem over them.
 //!
 //! The session runs on a few threads (the readers are `Send + Sync`, and a read waiting on
 //! the repository should not hold up a `ls` elsewhere). The main thread waits for a signal
@@ -15,6 +16,7 @@
 
 mod adapter;
 pub mod inodes;
+mod layout;
 pub mod tree;
 
 use crate::repo::lock::Lock;
