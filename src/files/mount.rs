@@ -1,1 +1,0 @@
-//! The read-only FUSE view of every snapshot (being written).
