@@ -52,12 +52,20 @@ impl Chunker {
     /// zeros); `allocated` lists its allocated ranges, sorted and disjoint. The pieces cover
     /// `0..data.len()` exactly, and adjacent holes are merged.
     pub fn split(&self, data: &[u8], allocated: &[Range<usize>]) -> Vec<Piece> {
+        self.split_at(data, allocated, 0)
+    }
+
+    /// [`Chunker::split`] of bytes that start at disk offset `base`: zero blocks stay
+    /// aligned to the disk, so a window re-chunked around a change (starting anywhere)
+    /// cuts exactly where chunking its whole segment would. The fixed chunker needs `base`
+    /// to be a multiple of its chunk size.
+    pub fn split_at(&self, data: &[u8], allocated: &[Range<usize>], base: u64) -> Vec<Piece> {
         let mut out = Vec::new();
         match self.params.kind {
             ChunkerKind::Fixed => self.split_fixed(data, allocated, &mut out),
             ChunkerKind::FastcdcV2020 => {
                 let mut pos = 0;
-                for run in self.data_runs(data, allocated) {
+                for run in self.data_runs(data, allocated, base) {
                     push_hole(&mut out, pos, run.start - pos);
                     self.cut_cdc(&data[run.clone()], run.start, &mut out);
                     pos = run.end;
@@ -69,7 +77,11 @@ impl Chunker {
     }
 
     /// Allocated ranges with their long zero runs taken out.
-    fn data_runs(&self, data: &[u8], allocated: &[Range<usize>]) -> Vec<Range<usize>> {
+    fn data_runs(&self, data: &[u8], allocated: &[Range<usize>], base: u64) -> Vec<Range<usize>> {
+        // Blocks are aligned to the disk: block starts are the offsets p with
+        // (base + p) % ZERO_BLOCK == 0.
+        let shift = (base % ZERO_BLOCK as u64) as usize;
+        let first_block = |at: usize| (at + shift).next_multiple_of(ZERO_BLOCK) - shift;
         let zero_min = (self.params.min_size as usize)
             .max(ZERO_BLOCK)
             .next_multiple_of(ZERO_BLOCK);
@@ -86,7 +98,7 @@ impl Chunker {
         for a in allocated {
             let mut data_start = a.start;
             // Blocks aligned to ZERO_BLOCK; a partial first or last block is never a hole.
-            let mut b = a.start.next_multiple_of(ZERO_BLOCK);
+            let mut b = first_block(a.start);
             let mut zero_start: Option<usize> = None;
             while b + ZERO_BLOCK <= a.end {
                 if is_zero(&data[b..b + ZERO_BLOCK]) {

@@ -8,6 +8,7 @@
 //! manifest; a crash at any point leaves old snapshots untouched and at worst some
 //! unreferenced packs.
 
+mod changes;
 mod pipeline;
 
 use pipeline::{Session, WINDOW};
@@ -200,6 +201,8 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
             stamp: src.image.stamp(),
             config_ref: src.config_ref.clone(),
             lost: Vec::new(),
+            layers: layer_records(src.image.as_ref()),
+            change: None,
         });
     }
     lock.check()?;
@@ -317,6 +320,22 @@ impl crate::image::DiskImage for InMemory {
     fn files(&self) -> Vec<PathBuf> {
         Vec::new()
     }
+}
+
+/// The chain layers of a source, as the manifest records them.
+fn layer_records(img: &dyn crate::image::DiskImage) -> Vec<crate::snapshot::LayerRecord> {
+    img.layers()
+        .into_iter()
+        .map(|l| crate::snapshot::LayerRecord {
+            name: l
+                .files
+                .first()
+                .and_then(|f| f.file_name())
+                .map(crate::snapshot::Name::from_os)
+                .unwrap_or_default(),
+            stamp: l.stamp,
+        })
+        .collect()
 }
 
 /// Per source: true if it was not read (reused from the parent).

@@ -386,6 +386,33 @@ impl<L: Layout> DiskImage for Layered<L> {
         v.extend(self.backing.iter().flat_map(|b| b.files()));
         v
     }
+
+    fn layers(&self) -> Vec<super::Layer> {
+        let files = self.layout.files();
+        let mut v = vec![super::Layer {
+            files: files.iter().map(|f| f.path().to_path_buf()).collect(),
+            stamp: super::host::combine_stamps(
+                files.first().and_then(|f| f.stamp()),
+                files.iter().skip(1).map(|f| f.stamp()),
+            ),
+        }];
+        v.extend(self.backing.iter().flat_map(|b| b.layers()));
+        v
+    }
+
+    fn top_layer(&self, range: Range<u64>) -> Result<Vec<Range<u64>>> {
+        let range = range.start.min(self.size())..range.end.min(self.size());
+        let mut out = Vec::new();
+        if range.start >= range.end {
+            return Ok(out);
+        }
+        for e in self.extents(range)? {
+            if e.kind != Kind::Backing {
+                add(&mut out, e.range);
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub use write::{create, DiskWriter, OutFormat};
 pub use crate::blockdev::BlockRead;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// What identifies an unchanged source file between two backups: if all of it matches the
@@ -58,6 +59,32 @@ pub trait DiskImage: BlockRead {
     /// Every host file the guest view is read from: extents, parents, backing files. A VM
     /// folder backup uses it to tell a disk from the pieces of another disk.
     fn files(&self) -> Vec<PathBuf>;
+    /// The layers of a chain, top first: each layer's files and their combined stamp. A
+    /// single file is one layer.
+    fn layers(&self) -> Vec<Layer> {
+        vec![Layer {
+            files: self.files(),
+            stamp: self.stamp(),
+        }]
+    }
+    /// The ranges of `range` that the top layer itself holds (data, zeros or compressed
+    /// clusters), as opposed to what shows through from the layers below. For an image
+    /// that is not a chain, everything.
+    fn top_layer(&self, range: Range<u64>) -> Result<Vec<Range<u64>>> {
+        let end = range.end.min(self.size());
+        Ok(if range.start < end {
+            vec![range.start..end]
+        } else {
+            Vec::new()
+        })
+    }
+}
+
+/// One layer of a backing chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub files: Vec<PathBuf>,
+    pub stamp: Option<SourceStamp>,
 }
 
 /// How deep a chain of backing files / parents may go; deeper means a loop or damage.

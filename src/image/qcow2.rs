@@ -81,7 +81,11 @@ pub(super) fn open(path: &Path, above: &super::Chain) -> Result<Box<dyn DiskImag
 
 /// The header extensions (type, offset of the data, length), which live between the
 /// header and the end of the first cluster.
-pub(super) fn extensions(file: &HostFile, cluster: u64, header_len: u64) -> Result<Vec<(u32, u64, u64)>> {
+pub(super) fn extensions(
+    file: &HostFile,
+    cluster: u64,
+    header_len: u64,
+) -> Result<Vec<(u32, u64, u64)>> {
     let end = cluster.min(file.len());
     let mut out = Vec::new();
     let mut pos = header_len;

@@ -71,11 +71,15 @@ pub fn read(path: &Path, name: &str) -> Result<DirtyBitmap> {
     let count = be32(&e, 0) as u64;
     let dir_size = be64(&e, 8);
     let dir_offset = be64(&e, 16);
-    let dir = file.read_vec(dir_offset, dir_size.min(64 << 20), &|| "bitmap directory".into())?;
+    let dir = file.read_vec(dir_offset, dir_size.min(64 << 20), &|| {
+        "bitmap directory".into()
+    })?;
     let mut pos = 0usize;
     let mut names = Vec::new();
     for _ in 0..count.min(65535) {
-        let fixed = dir.get(pos..pos + 24).ok_or_else(|| file.bad("bitmap directory is truncated"))?;
+        let fixed = dir
+            .get(pos..pos + 24)
+            .ok_or_else(|| file.bad("bitmap directory is truncated"))?;
         let table_offset = be64(fixed, 0);
         let table_size = be32(fixed, 8) as u64;
         let flags = be32(fixed, 12);
@@ -108,7 +112,15 @@ pub fn read(path: &Path, name: &str) -> Result<DirtyBitmap> {
             return Err(file.bad(format_args!("bitmap {name} has an invalid geometry")));
         }
         let granularity = 1u64 << gran_bits;
-        let ranges = read_table(&file, table_offset, table_size, cluster, granularity, size, name)?;
+        let ranges = read_table(
+            &file,
+            table_offset,
+            table_size,
+            cluster,
+            granularity,
+            size,
+            name,
+        )?;
         return Ok(DirtyBitmap {
             name: name.to_string(),
             granularity,

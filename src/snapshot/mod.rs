@@ -58,6 +58,32 @@ pub struct Disk {
     /// Disk byte ranges (start, length) whose data was lost to repository damage and that
     /// `repair snapshots` replaced with zeros.
     pub lost: Vec<(u64, u64)>,
+    /// The layers of the source's backing chain, top first (one for a plain image): a
+    /// later backup whose lower layers are exactly these reads only its new top layer.
+    pub layers: Vec<LayerRecord>,
+    /// Set when only the changes since the parent snapshot were read.
+    pub change: Option<ChangeRecord>,
+}
+
+/// One layer of a source chain: its (first) file's name and combined stamp.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LayerRecord {
+    pub name: Name,
+    pub stamp: Option<SourceStamp>,
+}
+
+/// Where a changed-block backup of a disk took its change map from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ChangeRecord {
+    /// "extents" (`--changed-extents`), "bitmap" (a qcow2 dirty bitmap) or "chain" (the top
+    /// layer of a chain whose lower layers are unchanged).
+    pub kind: String,
+    /// The map's changeId, the bitmap's name, or the top layer's file name.
+    pub id: Option<String>,
+    /// The snapshot the changes are relative to.
+    pub parent: Id,
+    /// Disk bytes the map marked changed.
+    pub changed: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -91,6 +117,8 @@ impl From<DiskV2> for Disk {
             stamp: d.stamp,
             config_ref: None,
             lost: Vec::new(),
+            layers: Vec::new(),
+            change: None,
         }
     }
 }
@@ -385,6 +413,8 @@ mod tests {
             stamp: None,
             config_ref: None,
             lost: Vec::new(),
+            layers: Vec::new(),
+            change: None,
         }
     }
 
