@@ -19,6 +19,9 @@ pub mod lock;
 pub mod pack;
 pub mod packer;
 
+#[cfg(test)]
+mod fuzz;
+
 use crate::backend::{Backend, LocalBackend};
 use crate::crypto::{random_bytes, KdfParams, Keys};
 use crate::error::{Error, Result};
