@@ -288,6 +288,14 @@ fn mutate(base: &[u8], fields: &[Field], rng: &mut Rng) -> Vec<u8> {
             }
         }
     }
+    // Truncating at the end or deleting nothing leaves the input as it was: a case must
+    // always change something, or its "decoded" proves nothing.
+    if b == base {
+        match b.len() {
+            0 => b.push(rng.next() as u8),
+            n => b[rng.below(n)] ^= 1 << rng.below(8),
+        }
+    }
     b
 }
 
@@ -318,6 +326,10 @@ struct Target {
     decoded: usize,
     refused: usize,
     skipped: usize,
+    /// The slowest case and the largest single allocation of any case, to show how far
+    /// from the limits the parsers stay.
+    slowest: Duration,
+    largest: usize,
 }
 
 impl Target {
@@ -341,6 +353,8 @@ impl Target {
             decoded: 0,
             refused: 0,
             skipped: 0,
+            slowest: Duration::ZERO,
+            largest: 0,
         }
     }
 
@@ -355,12 +369,18 @@ impl Target {
         F: FnOnce() -> Verdict + Send + 'static,
     {
         let (tx, rx) = std::sync::mpsc::channel();
+        let started = std::time::Instant::now();
         std::thread::spawn(move || {
             crate::testalloc::reset();
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             let _ = tx.send((r.ok(), crate::testalloc::peak()));
         });
-        let why = match rx.recv_timeout(CASE_TIMEOUT) {
+        let got = rx.recv_timeout(CASE_TIMEOUT);
+        self.slowest = self.slowest.max(started.elapsed());
+        if let Ok((_, peak)) = &got {
+            self.largest = self.largest.max(*peak);
+        }
+        let why = match got {
             Ok((Some(_), peak)) if peak > MAX_ALLOC => {
                 format!("made one allocation of {peak} bytes")
             }
@@ -392,8 +412,16 @@ impl Target {
 
     fn report(&self) {
         eprintln!(
-            "fuzz {:<26} cases {:>7}  decoded {:>7}  refused {:>7}  skipped {:>6}  seed {:#018x}",
-            self.name, self.cases, self.decoded, self.refused, self.skipped, self.seed
+            "fuzz {:<26} cases {:>7}  decoded {:>7}  refused {:>7}  skipped {:>4}  \
+             slowest {:>5} ms  largest alloc {:>6.2} MiB  seed {:#018x}",
+            self.name,
+            self.cases,
+            self.decoded,
+            self.refused,
+            self.skipped,
+            self.slowest.as_millis(),
+            self.largest as f64 / (1 << 20) as f64,
+            self.seed
         );
         assert!(self.cases > 0 || cases() == 0);
     }
