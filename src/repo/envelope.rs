@@ -116,15 +116,40 @@ pub fn compress(data: &[u8], level: i32) -> (u8, std::borrow::Cow<'_, [u8]>) {
     (COMP_NONE, data.into())
 }
 
+/// Largest buffer [`decompress`] reserves on the word of `raw_len` alone: the largest chunk
+/// (a chunker's `max_size` is at most 16 MiB), so every data blob still decompresses in one
+/// call into a buffer of exactly its size.
+const MAX_RESERVE: usize = 16 << 20;
+
 /// Undoes [`compress`]; `raw_len` is the expected plaintext length.
+///
+/// `raw_len` comes from a file's trailer (never authenticated) or an index entry (not
+/// authenticated in an unencrypted repository), so it must not size an allocation: a damaged
+/// trailer of 0xffffffff used to reserve 4 GiB before zstd produced a byte. Above
+/// [`MAX_RESERVE`] (only a chunk table of very small chunks or a very large index file is
+/// that big) the buffer grows with what zstd really produces, and reading stops one byte
+/// past `raw_len`.
 pub fn decompress(payload: &[u8], raw_len: usize, name: &dyn Fn() -> String) -> Result<Vec<u8>> {
     let (&comp, data) = payload
         .split_first()
         .ok_or_else(|| Error::corrupt(name(), "empty payload"))?;
+    let zstd_err = |e: std::io::Error| Error::corrupt(name(), format!("zstd: {e}"));
     let out = match comp {
         COMP_NONE => data.to_vec(),
-        COMP_ZSTD => zstd::bulk::decompress(data, raw_len)
-            .map_err(|e| Error::corrupt(name(), format!("zstd: {e}")))?,
+        COMP_ZSTD if raw_len <= MAX_RESERVE => {
+            zstd::bulk::decompress(data, raw_len).map_err(zstd_err)?
+        }
+        COMP_ZSTD => {
+            use std::io::Read;
+            let mut out = Vec::with_capacity(MAX_RESERVE);
+            zstd::stream::read::Decoder::with_buffer(data)
+                .and_then(|d| {
+                    d.take((raw_len as u64).saturating_add(1))
+                        .read_to_end(&mut out)
+                })
+                .map_err(zstd_err)?;
+            out
+        }
         other => {
             return Err(Error::corrupt(
                 name(),
@@ -189,6 +214,31 @@ mod tests {
             newer[4] = 2;
             let e = decode_file(FileKind::Index, &keys, &newer, "x").unwrap_err();
             assert!(e.to_string().contains("format version 2"), "{e}");
+        }
+    }
+
+    /// A damaged length must not size an allocation: a trailer of 0xffffffff used to
+    /// reserve 4 GiB. Payloads above the reserve still round-trip, and a wrong length is
+    /// still refused.
+    #[test]
+    fn raw_len_does_not_size_the_allocation() {
+        let what = || "x".to_string();
+        let (comp, small) = compress(&[7u8; 5000], 3);
+        let small = [&[comp][..], &small].concat();
+        for raw_len in [u32::MAX as usize, MAX_RESERVE + 1, usize::MAX] {
+            crate::testalloc::reset();
+            assert!(decompress(&small, raw_len, &what).is_err());
+            assert!(crate::testalloc::peak() <= 2 * MAX_RESERVE, "{raw_len}");
+        }
+        let big: Vec<u8> = (0..MAX_RESERVE as u32 + 300_000)
+            .map(|i| (i / 4096) as u8 ^ (i % 7) as u8)
+            .collect();
+        let (comp, data) = compress(&big, 1);
+        assert_eq!(comp, COMP_ZSTD);
+        let payload = [&[comp][..], &data].concat();
+        assert_eq!(decompress(&payload, big.len(), &what).unwrap(), big);
+        for wrong in [big.len() - 1, big.len() + 1] {
+            assert!(decompress(&payload, wrong, &what).is_err());
         }
     }
 }

@@ -19,6 +19,9 @@ pub mod lock;
 pub mod pack;
 pub mod packer;
 
+#[cfg(test)]
+mod fuzz;
+
 use crate::backend::{Backend, LocalBackend};
 use crate::crypto::{random_bytes, KdfParams, Keys};
 use crate::error::{Error, Result};
@@ -192,6 +195,20 @@ impl Repository {
         };
         config.verify(&keys)?;
         config.chunker.validate()?;
+        // Checked at init too, but an unencrypted config has no MAC: a damaged span of 0
+        // made backup loop forever, and one that is no power of two wrote snapshots that
+        // no reader accepts.
+        if !config.table_span.is_power_of_two()
+            || config.table_span < config.chunker.segment_size as u64
+        {
+            return Err(Error::corrupt_root(
+                "config",
+                format!(
+                    "table_span {} is not a power of two of at least the segment size",
+                    config.table_span
+                ),
+            ));
+        }
         Ok(Repository {
             backend,
             config,
@@ -326,6 +343,26 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("format version 2"), "{e}");
+    }
+
+    /// An unencrypted config has no MAC, so open itself refuses a table span backup cannot
+    /// use (0 made it loop forever).
+    #[test]
+    fn unusable_table_span_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("repo");
+        Repository::init(&p, None, &fast_opts()).unwrap();
+        let cfg = std::fs::read_to_string(p.join("config")).unwrap();
+        for span in ["0", "7", "1073741823", "8388608"] {
+            let bad = cfg.replace(
+                "\"table_span\": 1073741824",
+                &format!("\"table_span\": {span}"),
+            );
+            assert_ne!(bad, cfg);
+            std::fs::write(p.join("config"), bad).unwrap();
+            let e = Repository::open(&p, &|| Ok(String::new())).err().unwrap();
+            assert!(e.to_string().contains("table_span"), "{span}: {e}");
+        }
     }
 
     #[test]

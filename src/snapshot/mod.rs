@@ -231,13 +231,35 @@ impl Snapshot {
     }
 
     /// What makes this manifest unusable, if anything: a name that would escape the
-    /// restore target, two items with one name, tables that do not cover the size.
+    /// restore target, two items with one name, tables that do not cover the size, sizes or
+    /// lost ranges that overflow the sums readers take of them.
     pub fn problem(&self) -> Option<String> {
         if self.vm.is_empty() {
             return Some("the VM name is empty".into());
         }
+        // `snapshots`, backup's report and restore's progress add up the sizes, and restore
+        // the lost lengths: a damaged manifest must not overflow them.
+        if self
+            .items()
+            .try_fold(0u64, |sum, d| sum.checked_add(d.size))
+            .is_none()
+        {
+            return Some("its sizes add up to more than 2^64 bytes".into());
+        }
         let mut seen = std::collections::HashSet::new();
         for d in self.items() {
+            let lost = d.lost.iter().try_fold(0u64, |sum, &(start, len)| {
+                start
+                    .checked_add(len)
+                    .filter(|&end| end <= d.size)
+                    .and(sum.checked_add(len))
+            });
+            if lost.is_none_or(|l| l > d.size) {
+                return Some(format!(
+                    "{:?}: its lost ranges do not fit in its {} bytes",
+                    d.name, d.size
+                ));
+            }
             if let Some(why) = d.name.problem() {
                 return Some(format!(
                     "item name {:?} is not a safe file name: {why}",
@@ -463,6 +485,33 @@ mod tests {
         let mut s = sample();
         s.disks[0].tables.pop();
         assert!(Snapshot::decode(&s.encode(), "s").is_err());
+    }
+
+    /// Sizes and lost ranges that would overflow what `snapshots` and restore add up are
+    /// refused (a disk of 2^64 − 1 bytes in spans of 2^63 has matching tables, and its size
+    /// plus any other overflowed `logical_size`).
+    #[test]
+    fn overflowing_sizes_are_refused() {
+        let mut s = sample();
+        s.disks[0].size = u64::MAX;
+        s.disks[0].table_span = 1 << 63;
+        s.disks[0].tables = vec![None, None];
+        let e = Snapshot::decode(&s.encode(), "s").unwrap_err().to_string();
+        assert!(e.contains("2^64"), "{e}");
+        for lost in [
+            vec![(0, u64::MAX)],
+            vec![(u64::MAX, 1)],
+            vec![(0, 1 << 30), (0, 1 << 30)],
+            vec![(1 << 30, 2)],
+        ] {
+            let mut s = sample();
+            s.disks[0].lost = lost.clone();
+            let e = Snapshot::decode(&s.encode(), "s").unwrap_err().to_string();
+            assert!(e.contains("lost ranges"), "{lost:?}: {e}");
+        }
+        let mut s = sample();
+        s.disks[0].lost = vec![(0, 1 << 30), (1 << 30, 1)];
+        assert_eq!(Snapshot::decode(&s.encode(), "s").unwrap(), s);
     }
 
     #[derive(Serialize)]
