@@ -573,6 +573,8 @@ fn sample_manifest(t: &[Option<Id>]) -> Snapshot {
         stamp: None,
         config_ref: None,
         lost: Vec::new(),
+        layers: Vec::new(),
+        change: None,
     };
     let stamp = SourceStamp {
         dev: 2049,
@@ -619,6 +621,13 @@ fn sample_manifest(t: &[Option<Id>]) -> Snapshot {
                 ..disk("web01.nvram", "file", 8684, vec![t[1]])
             },
         ],
+        catalog: Some(Disk {
+            layers: vec![crate::snapshot::LayerRecord {
+                name: Name::new("catalog"),
+                stamp: None,
+            }],
+            ..disk("catalog", "catalog", 4321, vec![t[2]])
+        }),
     }
 }
 
@@ -735,6 +744,20 @@ fn manifest_fields(b: &[u8], version: u32) -> Vec<Field> {
                     w.varint();
                     w.varint();
                 }); // lost
+                self.seq(|w| {
+                    w.bytes();
+                    w.option(|w| {
+                        (0..5).for_each(|_| {
+                            w.varint();
+                        })
+                    });
+                }); // layers
+                self.option(|w| {
+                    w.bytes();
+                    w.option(|w| w.bytes());
+                    w.pos += 32;
+                    w.varint();
+                }); // change
             }
         }
     }
@@ -753,6 +776,9 @@ fn manifest_fields(b: &[u8], version: u32) -> Vec<Field> {
     }); // summary
     if version >= 2 {
         w.seq(|w| w.disk(version)); // files
+    }
+    if version >= 3 {
+        w.option(|w| w.disk(version)); // catalog
     }
     assert_eq!(w.pos, b.len(), "walking a version {version} manifest");
     w.out

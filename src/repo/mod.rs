@@ -198,6 +198,19 @@ impl Repository {
         // Checked at init too, but an unencrypted config has no MAC: a damaged span of 0
         // made backup loop forever, and one that is no power of two wrote snapshots that
         // no reader accepts.
+        // The id names the local cache folder: only hex, or it could point elsewhere.
+        if config.id.len() != 32 || !config.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::corrupt_root(
+                "config",
+                "the repository id is not 32 hex digits",
+            ));
+        }
+        if !(4 << 10..=1 << 30).contains(&config.pack_size) {
+            return Err(Error::corrupt_root(
+                "config",
+                format!("pack_size {} is outside 4 KiB..1 GiB", config.pack_size),
+            ));
+        }
         if !config.table_span.is_power_of_two()
             || config.table_span < config.chunker.segment_size as u64
         {
