@@ -191,6 +191,60 @@ impl BlockRead for Concat {
     }
 }
 
+/// `top` where `ranges` say, `base` elsewhere: a disk whose changed ranges come from the
+/// source and the rest from the parent snapshot (a changed-block backup's view of it).
+pub struct Overlay {
+    base: Arc<dyn BlockRead>,
+    top: Arc<dyn BlockRead>,
+    /// Sorted, disjoint.
+    ranges: Vec<Range<u64>>,
+}
+
+impl Overlay {
+    pub fn new(
+        base: Arc<dyn BlockRead>,
+        top: Arc<dyn BlockRead>,
+        ranges: Vec<Range<u64>>,
+    ) -> Overlay {
+        Overlay { base, top, ranges }
+    }
+}
+
+impl BlockRead for Overlay {
+    fn size(&self) -> u64 {
+        self.base.size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if !fits(offset, buf.len(), self.size()) {
+            return Err(past_end("disk", offset, buf.len(), self.size()));
+        }
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        let first = self.ranges.partition_point(|r| r.end <= offset);
+        for r in &self.ranges[first..] {
+            if r.start >= end {
+                break;
+            }
+            let (s, e) = (r.start.max(offset), r.end.min(end));
+            if s > pos {
+                self.base.read_at(
+                    pos,
+                    &mut buf[(pos - offset) as usize..(s - offset) as usize],
+                )?;
+            }
+            self.top
+                .read_at(s, &mut buf[(s - offset) as usize..(e - offset) as usize])?;
+            pos = e;
+        }
+        if pos < end {
+            self.base
+                .read_at(pos, &mut buf[(pos - offset) as usize..])?;
+        }
+        Ok(())
+    }
+}
+
 /// A view held in memory: tests, fuzzing, and small objects.
 pub struct MemDisk(pub Vec<u8>);
 

@@ -76,8 +76,39 @@ impl Chunker {
         out
     }
 
-    /// Allocated ranges with their long zero runs taken out.
+    /// The ranges holding data: with cut rule 2, the whole buffer with its long zero runs
+    /// taken out (unallocated ranges read as zeros, and are only known to be zero without
+    /// looking); with rule 1, the allocated ranges with their long zero runs taken out.
     fn data_runs(&self, data: &[u8], allocated: &[Range<usize>], base: u64) -> Vec<Range<usize>> {
+        if self.params.cut_rule >= 2 {
+            let whole = 0..data.len();
+            return self.zero_runs_out(data, std::slice::from_ref(&whole), Some(allocated), base);
+        }
+        self.zero_runs_out(data, allocated, None, base)
+    }
+
+    /// `ranges` with their runs of at least `zero_min` disk-aligned zero blocks taken out.
+    /// `known` lists the allocated ranges when blocks outside them are zero without a look.
+    fn zero_runs_out(
+        &self,
+        data: &[u8],
+        allocated: &[Range<usize>],
+        known: Option<&[Range<usize>]>,
+        base: u64,
+    ) -> Vec<Range<usize>> {
+        let mut k = 0;
+        let mut zero = |b: usize| -> bool {
+            if let Some(alloc) = known {
+                while k < alloc.len() && alloc[k].end <= b {
+                    k += 1;
+                }
+                let touches = k < alloc.len() && alloc[k].start < b + ZERO_BLOCK;
+                if !touches {
+                    return true;
+                }
+            }
+            is_zero(&data[b..b + ZERO_BLOCK])
+        };
         // Blocks are aligned to the disk: block starts are the offsets p with
         // (base + p) % ZERO_BLOCK == 0.
         let shift = (base % ZERO_BLOCK as u64) as usize;
@@ -101,7 +132,7 @@ impl Chunker {
             let mut b = first_block(a.start);
             let mut zero_start: Option<usize> = None;
             while b + ZERO_BLOCK <= a.end {
-                if is_zero(&data[b..b + ZERO_BLOCK]) {
+                if zero(b) {
                     zero_start.get_or_insert(b);
                 } else if let Some(z) = zero_start.take() {
                     if b - z >= zero_min {
@@ -266,6 +297,34 @@ mod tests {
         assert!(pieces
             .iter()
             .all(|p| !p.data || !is_zero(&data[p.offset..p.offset + p.len])));
+    }
+
+    /// Cut rule 2: the pieces depend on the bytes only, not on which of them the container
+    /// happened to allocate (512-byte VHD sectors, 64 KiB clusters, a sparse file).
+    #[test]
+    fn cuts_ignore_the_allocation_map() {
+        let mut data = noise(1 << 20, 11);
+        data[100_000..300_000].fill(0);
+        data[500_123..509_001].fill(0);
+        data[700_000..700_100].fill(0);
+        let c = cdc(16 * 1024, 0);
+        let all = c.split(&data, &[0..data.len()]);
+        let maps: [&[Range<usize>]; 3] = [
+            &[0..100_000, 300_000..data.len()],
+            &[0..100_352, 299_520..500_224, 508_928..data.len()],
+            &[0..65536, 65536..131072, 262144..data.len()],
+        ];
+        for m in maps {
+            assert_eq!(c.split(&data, m), all, "{m:?}");
+        }
+        let mut p = ChunkerParams::fastcdc(16 * 1024);
+        p.segment_size = 1 << 20;
+        p.cut_rule = 1;
+        let old = Chunker::new(p, 0);
+        assert_ne!(
+            old.split(&data, maps[1]),
+            old.split(&data, &[0..data.len()])
+        );
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! manifest; a crash at any point leaves old snapshots untouched and at worst some
 //! unreferenced packs.
 
-mod changes;
+pub mod changes;
 mod pipeline;
+mod rechunk;
 
 use pipeline::{Session, WINDOW};
 
@@ -35,6 +36,8 @@ pub struct BackupOptions {
     pub sources: crate::vm::SourceOptions,
     /// Write a file catalog of the disks' filesystems (for `find`); `--no-catalog` off.
     pub catalog: bool,
+    /// Change maps (`--changed-extents`, `--bitmap`) and `--verify-changed`.
+    pub changes: changes::ChangeOptions,
     pub quiet: bool,
 }
 
@@ -53,6 +56,26 @@ pub struct ItemReport {
     pub follows: Vec<PathBuf>,
     /// Its source was unchanged since the parent snapshot, so it was not read.
     pub unchanged: bool,
+    /// Read through a change map: only the changed ranges.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_blocks: Option<ChangedBlocks>,
+}
+
+/// What a changed-block read of a disk did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChangedBlocks {
+    /// "extents", "bitmap" or "chain".
+    pub map: &'static str,
+    pub id: Option<String>,
+    /// Bytes the map marked changed.
+    pub changed: u64,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Bytes of the disk not read because the map said they did not change.
+    pub bytes_skipped: u64,
+    /// Bytes fetched from the repository: the parent's chunks around the changes (stored,
+    /// compressed sizes).
+    pub bytes_from_parent: u64,
 }
 
 /// What a backup did, for the user and `--json`.
@@ -84,7 +107,11 @@ pub struct BackupReport {
 }
 
 /// Backs up one VM's disks (and, for a VM folder, its config files) into one snapshot.
-pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result<BackupReport> {
+pub fn run(
+    repo: &Arc<Repository>,
+    paths: &[PathBuf],
+    opts: &BackupOptions,
+) -> Result<BackupReport> {
     let started = Instant::now();
     if opts.vm.trim().is_empty() {
         return Err(Error::Usage("--vm needs a VM name".into()));
@@ -95,7 +122,7 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
     let mut warnings = inv.warnings;
     let mut sources: Vec<Item> = inv.disks.into_iter().chain(inv.files).collect();
     let lock = repo.lock(LockKind::Shared, &format!("backup --vm {}", opts.vm))?;
-    let cache = repo.index_cache()?;
+    let cache = Arc::new(repo.index_cache()?);
     let loaded = snapshot::load_all(repo)?;
     warnings.extend(loaded.warning());
     let parent = loaded
@@ -122,15 +149,64 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
     }
     let disks_unchanged = disks[..n_disks].iter().filter(|d| d.is_some()).count();
 
+    // Disks with a usable change map are read only where they changed.
+    let store = crate::snapshot::view::Store::new(repo.clone(), cache.clone(), 64 << 20);
+    let mut incremental = Vec::new();
+    let mut full = Vec::new();
+    for &i in &to_read {
+        let src = &sources[i];
+        if i >= n_disks || src.format == crate::files::catalog::CATALOG_FORMAT {
+            full.push(i);
+            continue;
+        }
+        match changes::plan(
+            &opts.changes,
+            parent.as_ref(),
+            &src.name,
+            &src.path,
+            src.image.as_ref(),
+            span,
+        ) {
+            changes::Plan::Incremental { map, parent: pd } => {
+                incremental.push((i, map, pd.clone()));
+                if opts.changes.verify {
+                    full.push(i);
+                }
+            }
+            changes::Plan::Full(reason) => {
+                if let Some(r) = reason {
+                    warnings.push(format!("{}: reading the whole disk: {r}", src.name));
+                }
+                full.push(i);
+            }
+        }
+    }
+
     // The file catalog: built from the source disks when any of them is read, else the
     // parent's still describes them.
     let mut catalog = None;
     let mut catalog_report = None;
     if opts.catalog && to_read.iter().any(|&i| i < n_disks) {
         let t = Instant::now();
+        // A disk read through a change map is walked through the same map: the parent's
+        // chunks where it did not change, so its metadata is not read from the source.
         let devs: Vec<(String, Arc<dyn BlockRead>)> = sources[..n_disks]
             .iter()
-            .map(|s| (s.name.to_string(), s.image.clone() as Arc<dyn BlockRead>))
+            .enumerate()
+            .map(|(i, s)| {
+                let dev: Arc<dyn BlockRead> = match incremental.iter().find(|x| x.0 == i) {
+                    Some((_, map, pd)) => Arc::new(crate::blockdev::Overlay::new(
+                        Arc::new(crate::snapshot::view::DiskView::new(
+                            store.clone(),
+                            pd.clone(),
+                        )),
+                        s.image.clone(),
+                        map.ranges.clone(),
+                    )),
+                    None => s.image.clone(),
+                };
+                (s.name.to_string(), dev)
+            })
             .collect();
         match crate::files::catalog::build_guarded(&devs) {
             Ok(c) => {
@@ -151,6 +227,7 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
                     format_source: None,
                 });
                 to_read.push(sources.len() - 1);
+                full.push(sources.len() - 1);
                 disks.push(None);
             }
             Err(e) => warnings.push(format!(
@@ -165,12 +242,48 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
     // Progress counts allocated bytes: holes cost nothing, so they must not weigh in the
     // estimate either.
     let mut total = 0;
-    for &i in &to_read {
+    for &i in &full {
         total += allocated_bytes(sources[i].image.as_ref(), span)?;
     }
+    total += incremental.iter().map(|(_, m, _)| m.bytes()).sum::<u64>();
     let bar = crate::progress::bytes_bar(total, "backup", opts.quiet);
     let mut session = Session::new(repo, &cache);
-    let read_sources: Vec<&Item> = to_read.iter().map(|&i| &sources[i]).collect();
+    let mut inc_tables: Vec<(
+        usize,
+        Vec<Option<crate::Id>>,
+        ChangedBlocks,
+        snapshot::ChangeRecord,
+    )> = Vec::new();
+    for (i, map, pd) in &incremental {
+        let view = crate::snapshot::view::DiskView::new(store.clone(), pd.clone());
+        let fetched = store.fetched.load(std::sync::atomic::Ordering::Relaxed);
+        let (tables, st) = rechunk::disk(
+            &session.shared,
+            &mut session.w,
+            &sources[*i],
+            pd,
+            &view,
+            map,
+            &|n| bar.inc(n),
+        )?;
+        session.w.bytes_read += st.read;
+        let record = snapshot::ChangeRecord {
+            kind: map.kind.into(),
+            id: map.id.clone(),
+            parent: parent.as_ref().map(|p| p.0).unwrap_or_default(),
+            changed: map.bytes(),
+        };
+        let cb = ChangedBlocks {
+            map: map.kind,
+            id: map.id.clone(),
+            changed: map.bytes(),
+            bytes_read: st.read,
+            bytes_skipped: st.skipped,
+            bytes_from_parent: store.fetched.load(std::sync::atomic::Ordering::Relaxed) - fetched,
+        };
+        inc_tables.push((*i, tables, cb, record));
+    }
+    let read_sources: Vec<&Item> = full.iter().map(|&i| &sources[i]).collect();
     let tables = session.run_pipeline(&read_sources, &|n| bar.inc(n))?;
     bar.finish_and_clear();
     let Session { shared, mut w } = session;
@@ -178,7 +291,37 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         shared.indexed(&written)?;
     }
     let (bytes_stored, packs_written) = (w.packer.bytes_stored, w.packer.packs_written);
-    for (&i, tables) in to_read.iter().zip(tables) {
+    let mut full_tables: std::collections::HashMap<usize, Vec<Option<crate::Id>>> =
+        full.iter().copied().zip(tables).collect();
+    let mut missed = Vec::new();
+    let mut changed_blocks: std::collections::HashMap<usize, ChangedBlocks> = Default::default();
+    let mut change_records: std::collections::HashMap<usize, snapshot::ChangeRecord> =
+        Default::default();
+    for (i, tables, cb, record) in inc_tables {
+        changed_blocks.insert(i, cb);
+        match full_tables.get(&i) {
+            // --verify-changed: the full read is what is stored; any difference is a change
+            // the map missed.
+            Some(f) => {
+                for (slot, (a, b)) in tables.iter().zip(f).enumerate() {
+                    if a != b {
+                        missed.push(format!(
+                            "{}: bytes {}..{}",
+                            sources[i].name,
+                            slot as u64 * span,
+                            ((slot as u64 + 1) * span).min(sources[i].image.size())
+                        ));
+                    }
+                }
+            }
+            None => {
+                full_tables.insert(i, tables);
+            }
+        }
+        change_records.insert(i, record);
+    }
+    for &i in &to_read {
+        let tables = full_tables.remove(&i).unwrap_or_default();
         let src = &sources[i];
         if let Some(stamp) = src.image.stamp() {
             let now = std::fs::metadata(&src.path).map(|m| m.len()).unwrap_or(0);
@@ -202,7 +345,11 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
             config_ref: src.config_ref.clone(),
             lost: Vec::new(),
             layers: layer_records(src.image.as_ref()),
-            change: None,
+            change: if opts.changes.verify {
+                None
+            } else {
+                change_records.get(&i).cloned()
+            },
         });
     }
     lock.check()?;
@@ -243,7 +390,8 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
         .iter()
         .take(catalog_slot.unwrap_or(sources.len()))
         .zip(&snap_unchanged(&to_read, sources.len()))
-        .map(|(src, &unchanged)| {
+        .enumerate()
+        .map(|(i, (src, &unchanged))| {
             let me = std::fs::canonicalize(&src.path).unwrap_or_else(|_| src.path.clone());
             ItemReport {
                 name: src.name.clone(),
@@ -257,9 +405,19 @@ pub fn run(repo: &Repository, paths: &[PathBuf], opts: &BackupOptions) -> Result
                     .filter(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()) != me)
                     .collect(),
                 unchanged,
+                changed_blocks: changed_blocks.get(&i).cloned(),
             }
         })
         .collect();
+    if !missed.is_empty() {
+        return Err(Error::Other(format!(
+            "--verify-changed: the change map missed changes in {}. Snapshot {} was written \
+             from a full read and is complete; do not trust this map source until the cause \
+             is known (a reset CBT, a bitmap not in step with the last backup)",
+            missed.join(", "),
+            id.short()
+        )));
+    }
     Ok(BackupReport {
         snapshot: id.to_hex(),
         vm: snap.vm.clone(),

@@ -193,7 +193,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn store_table(&mut self, sh: &Shared, table: &ChunkTable) -> Result<Option<Id>> {
+    pub(super) fn store_table(&mut self, sh: &Shared, table: &ChunkTable) -> Result<Option<Id>> {
         if table.is_hole() {
             return Ok(None);
         }
@@ -212,7 +212,7 @@ impl Writer<'_> {
         Ok(Some(id))
     }
 
-    fn add_blob(&mut self, sh: &Shared, blob: &SealedBlob) -> Result<()> {
+    pub(super) fn add_blob(&mut self, sh: &Shared, blob: &SealedBlob) -> Result<()> {
         if let Some(written) = self.packer.add(blob)? {
             sh.indexed(&written)?;
         }
@@ -240,6 +240,29 @@ impl Shared<'_> {
         };
         let data = &buf[..seg.len];
         let pieces = self.chunker.split(data, &seg.allocated);
+        let (extents, blobs, holes) = self.store_pieces(data, &pieces)?;
+        let bytes_read = seg.allocated.iter().map(|r| (r.end - r.start) as u64).sum();
+        Ok(Chunked {
+            seq: seg.seq,
+            disk: seg.disk,
+            offset: seg.offset,
+            len: seg.len,
+            extents,
+            blobs,
+            bytes_read,
+            holes,
+            buf: seg.buf,
+        })
+    }
+
+    /// Turns the pieces of `data` into extents, hashing each chunk and sealing those the
+    /// index does not have yet (and no other worker claimed). Returns the extents, the new
+    /// blobs and the hole bytes.
+    pub(super) fn store_pieces(
+        &self,
+        data: &[u8],
+        pieces: &[crate::chunker::Piece],
+    ) -> Result<(Vec<Extent>, Vec<SealedBlob>, u64)> {
         let reader = self.cache.reader()?;
         let level = self.repo.config.zstd_level;
         let mut extents = Vec::with_capacity(pieces.len());
@@ -265,18 +288,7 @@ impl Shared<'_> {
             }
             blobs.push(seal_blob(&self.sealer, BlobKind::Data, id, bytes, level));
         }
-        let bytes_read = seg.allocated.iter().map(|r| (r.end - r.start) as u64).sum();
-        Ok(Chunked {
-            seq: seg.seq,
-            disk: seg.disk,
-            offset: seg.offset,
-            len: seg.len,
-            extents,
-            blobs,
-            bytes_read,
-            holes,
-            buf: seg.buf,
-        })
+        Ok((extents, blobs, holes))
     }
 
     /// Lets the cache answer for blobs an index file now names; they need no claim.

@@ -1,4 +1,5 @@
 use super::{human, plural, Cli};
+use crate::backup::changes::{ChangeOptions, MapSource};
 use crate::backup::{self, BackupOptions};
 use crate::image::Format;
 use crate::vm::SourceOptions;
@@ -34,10 +35,47 @@ pub struct Args {
     /// Do not write a file catalog (what `find` searches) of the disks' filesystems.
     #[arg(long)]
     no_catalog: bool,
+    /// The changes since the parent snapshot, as a JSON list of areas (VMware
+    /// QueryChangedDiskAreas, `[{"offset","length"}]`, or `nbdinfo --map --json`), for all
+    /// disks or one (`--changed-extents disk0.vmdk=cbt0.json`); only those are read.
+    #[arg(long = "changed-extents", value_name = "[DISK=]FILE")]
+    changed_extents: Vec<String>,
+    /// A persistent dirty bitmap of the qcow2 disks (or one: `--bitmap disk0.qcow2=NAME`),
+    /// added after the parent snapshot was taken; only what it marks is read.
+    #[arg(long = "bitmap", value_name = "[DISK=]NAME")]
+    bitmaps: Vec<String>,
+    /// With a change map: read the whole disk anyway, store that, and fail if the map
+    /// missed a change.
+    #[arg(long)]
+    verify_changed: bool,
     /// Disk images (raw, qcow2, VMDK, VHD, VHDX, block devices) or VM folders (the disks
     /// the .vmx names, plus the config files; lock files, swap and logs are skipped).
     #[arg(required = true, value_name = "DISK|FOLDER")]
     disks: Vec<PathBuf>,
+}
+
+/// `DISK=VALUE` or `VALUE`.
+fn per_disk(s: &str) -> (Option<String>, String) {
+    match s.split_once('=') {
+        Some((d, v)) if !d.is_empty() => (Some(d.to_string()), v.to_string()),
+        _ => (None, s.to_string()),
+    }
+}
+
+fn change_options(a: &Args) -> ChangeOptions {
+    let mut maps = Vec::new();
+    for e in &a.changed_extents {
+        let (d, f) = per_disk(e);
+        maps.push((d, MapSource::Extents(f.into())));
+    }
+    for b in &a.bitmaps {
+        let (d, n) = per_disk(b);
+        maps.push((d, MapSource::Bitmap(n)));
+    }
+    ChangeOptions {
+        maps,
+        verify: a.verify_changed,
+    }
 }
 
 fn parse_format(s: &str) -> std::result::Result<(Option<String>, Format), String> {
@@ -59,7 +97,7 @@ fn parse_time(s: &str) -> std::result::Result<String, String> {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
-    let repo = cli.open()?;
+    let repo = std::sync::Arc::new(cli.open()?);
     let opts = BackupOptions {
         vm: a.vm.clone(),
         host: a.host.clone().unwrap_or_else(crate::repo::hostname),
@@ -76,6 +114,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
             allow_backing_outside: a.allow_backing_outside,
         },
         catalog: !a.no_catalog,
+        changes: change_options(a),
         quiet: cli.quiet,
     };
     let r = backup::run(&repo, &a.disks, &opts)?;
@@ -105,6 +144,16 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
             }
             if it.unchanged {
                 line.push_str(", unchanged");
+            }
+            if let Some(c) = &it.changed_blocks {
+                line.push_str(&format!(
+                    ", changed blocks ({}{}): {} changed, {} read, {} not read",
+                    c.map,
+                    c.id.as_ref().map(|i| format!(" {i}")).unwrap_or_default(),
+                    human(c.changed),
+                    human(c.bytes_read),
+                    human(c.bytes_skipped)
+                ));
             }
             println!("{line}");
         }

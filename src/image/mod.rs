@@ -72,11 +72,11 @@ pub trait DiskImage: BlockRead {
     /// that is not a chain, everything.
     fn top_layer(&self, range: Range<u64>) -> Result<Vec<Range<u64>>> {
         let end = range.end.min(self.size());
-        Ok(if range.start < end {
-            vec![range.start..end]
-        } else {
-            Vec::new()
-        })
+        let mut v = Vec::new();
+        if range.start < end {
+            v.push(range.start..end);
+        }
+        Ok(v)
     }
 }
 

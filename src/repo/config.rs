@@ -38,7 +38,26 @@ pub struct ChunkerParams {
     pub max_size: u32,
     /// Disk segments are cut independently; a chunk never spans a segment boundary.
     pub segment_size: u32,
+    /// How holes are found (repo-format.md section 10). 1: zero runs inside the source's
+    /// allocated ranges, and every unallocated range; 2: zero runs of the guest-visible
+    /// bytes only, allocation used only to skip reading known zeros, so the same guest
+    /// content cuts the same in every container. Absent in configs written before rule 2
+    /// (which means 1), and written only when it is not 1, so those configs and their MACs
+    /// stay as they were.
+    #[serde(default = "rule_1", skip_serializing_if = "is_rule_1")]
+    pub cut_rule: u32,
 }
+
+fn rule_1() -> u32 {
+    1
+}
+
+fn is_rule_1(r: &u32) -> bool {
+    *r == 1
+}
+
+/// The cut rule new repositories get.
+pub const CUT_RULE: u32 = 2;
 
 impl ChunkerParams {
     pub fn fastcdc(avg: u32) -> ChunkerParams {
@@ -48,6 +67,7 @@ impl ChunkerParams {
             avg_size: avg,
             max_size: avg * 4,
             segment_size: 16 << 20,
+            cut_rule: CUT_RULE,
         }
     }
 
@@ -58,6 +78,7 @@ impl ChunkerParams {
             avg_size: size,
             max_size: size,
             segment_size: 16 << 20,
+            cut_rule: CUT_RULE,
         }
     }
 
@@ -74,6 +95,7 @@ impl ChunkerParams {
                 self.avg_size >= 512 && self.avg_size.is_power_of_two() && self.avg_size <= 16 << 20
             }
         };
+        let ok = ok && (1..=CUT_RULE).contains(&self.cut_rule);
         let seg_ok = self.segment_size.is_power_of_two() && self.segment_size >= self.max_size;
         if ok && seg_ok {
             Ok(())
