@@ -209,6 +209,8 @@ pub fn run(
             })
             .collect();
         match crate::files::catalog::build_guarded(&devs) {
+            // No filesystem cairn reads: nothing to find, nothing to store.
+            Ok(c) if c.volumes.is_empty() => {}
             Ok(c) => {
                 let bytes = c.encode();
                 catalog_report = Some(CatalogReport {
@@ -363,7 +365,8 @@ pub fn run(
     }
 
     let summary = Summary {
-        bytes_read: w.bytes_read,
+        // The catalog is written, not read from a source.
+        bytes_read: w.bytes_read - catalog_report.as_ref().map_or(0, |c| c.bytes),
         bytes_new: w.bytes_new,
         bytes_stored,
         holes: w.holes,

@@ -1,5 +1,5 @@
 //! The local index cache: every index file of the repository merged into one redb database
-//! outside the repository (`$CAIRN_CACHE_DIR` or `~/.cache/cairn/<repo id>/index.redb`).
+//! outside the repository (`$CAIRN_CACHE_DIR` or `~/.cache/cairn/<repo id>/index-v2.redb`).
 //!
 //! Why redb and not a hash map: a repository of tens of TB holds hundreds of millions of
 //! blobs; a B-tree on disk with a bounded page cache keeps a backup's memory flat whatever
@@ -15,7 +15,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-const BLOBS: TableDefinition<[u8; 32], [u8; 45]> = TableDefinition::new("blobs");
+const BLOBS: TableDefinition<[u8; 32], [u8; 53]> = TableDefinition::new("blobs");
 const PACKS: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("packs");
 const FILES: TableDefinition<&str, ()> = TableDefinition::new("index_files");
 /// Chunk tables known to have every chunk in the index: a backup may reuse them unread.
@@ -31,10 +31,13 @@ const CACHE_BYTES: usize = 64 << 20;
 pub struct BlobLoc {
     pub pack: Id,
     pub entry: PackEntry,
+    /// The `created` time of the index file naming this copy: of two copies, the newer wins.
+    pub created: u64,
 }
 
-fn encode_loc(pack: &Id, e: &PackEntry) -> [u8; 45] {
-    let mut v = [0u8; 45];
+fn encode_loc(pack: &Id, e: &PackEntry, created: u64) -> [u8; 53] {
+    let mut v = [0u8; 53];
+    v[45..53].copy_from_slice(&created.to_le_bytes());
     v[..32].copy_from_slice(&pack.0);
     v[32] = e.kind as u8;
     v[33..37].copy_from_slice(&e.offset.to_le_bytes());
@@ -43,7 +46,7 @@ fn encode_loc(pack: &Id, e: &PackEntry) -> [u8; 45] {
     v
 }
 
-fn decode_loc(id: Id, v: &[u8; 45]) -> BlobLoc {
+fn decode_loc(id: Id, v: &[u8; 53]) -> BlobLoc {
     let u = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().expect("4 bytes"));
     BlobLoc {
         pack: Id(v[..32].try_into().expect("32 bytes")),
@@ -54,6 +57,7 @@ fn decode_loc(id: Id, v: &[u8; 45]) -> BlobLoc {
             length: u(37),
             raw_len: u(41),
         },
+        created: u64::from_le_bytes(v[45..53].try_into().expect("8 bytes")),
     }
 }
 
@@ -80,7 +84,10 @@ impl IndexCache {
     /// cache is built in a temporary folder instead: slower to start, never wrong.
     pub fn open(dir: &Path) -> Result<IndexCache> {
         std::fs::create_dir_all(dir).ctx(|| format!("creating cache folder {}", dir.display()))?;
-        let path = dir.join("index.redb");
+        // Version 2 of the cache (copies ordered by their index file's time): a new name, so
+        // a cache of the old layout is simply not used.
+        let _ = std::fs::remove_file(dir.join("index.redb"));
+        let path = dir.join("index-v2.redb");
         match Self::open_db(&path) {
             Ok(db) => Ok(IndexCache {
                 db,
@@ -93,7 +100,7 @@ impl IndexCache {
                 ));
                 std::fs::create_dir_all(&private)
                     .ctx(|| format!("creating {}", private.display()))?;
-                let db = Self::open_db(&private.join("index.redb")).map_err(db_err)?;
+                let db = Self::open_db(&private.join("index-v2.redb")).map_err(db_err)?;
                 Ok(IndexCache {
                     db,
                     private_dir: Some(private),
@@ -194,9 +201,14 @@ impl IndexCache {
             for p in &idx.packs {
                 packs.insert(p.pack.0, p.salt).map_err(db_err)?;
                 for e in &p.entries {
-                    if blobs.get(e.id.0).map_err(db_err)?.is_none() {
+                    // A blob stored again later (next to newer data) is read from there.
+                    let newer = match blobs.get(e.id.0).map_err(db_err)? {
+                        None => true,
+                        Some(v) => decode_loc(e.id, &v.value()).created < idx.created,
+                    };
+                    if newer {
                         blobs
-                            .insert(e.id.0, encode_loc(&p.pack, e))
+                            .insert(e.id.0, encode_loc(&p.pack, e, idx.created))
                             .map_err(db_err)?;
                     }
                 }
@@ -239,7 +251,7 @@ impl IndexCache {
 }
 
 pub struct CacheReader {
-    blobs: Option<redb::ReadOnlyTable<[u8; 32], [u8; 45]>>,
+    blobs: Option<redb::ReadOnlyTable<[u8; 32], [u8; 53]>>,
     packs: Option<redb::ReadOnlyTable<[u8; 32], [u8; 32]>>,
     complete: Option<redb::ReadOnlyTable<[u8; 32], ()>>,
 }

@@ -4,8 +4,9 @@
 use crate::crypto::{random_bytes, Keys, Sealer, SALT_LEN};
 use crate::{Error, Result};
 
-/// Format version of packs, index files and snapshots written by this build.
-pub const FORMAT_VERSION: u16 = 1;
+/// Format version of packs, snapshots and `policies` written by this build. Index files
+/// are at version 2 (they record when they were written, see `index.rs`); version 1 index
+/// files are still read.
 pub const HEADER_LEN: usize = 40;
 
 pub const COMP_NONE: u8 = 0;
@@ -20,6 +21,14 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    /// The version this build writes (and the newest it reads) for this kind.
+    pub fn version(self) -> u16 {
+        match self {
+            FileKind::Index => 2,
+            _ => 1,
+        }
+    }
+
     fn magic(self) -> &'static [u8; 4] {
         match self {
             FileKind::Pack => b"CRNP",
@@ -34,6 +43,7 @@ impl FileKind {
 #[derive(Clone, Copy)]
 pub struct FileHeader {
     pub kind: FileKind,
+    pub version: u16,
     pub cipher: u8,
     pub salt: [u8; SALT_LEN],
 }
@@ -42,6 +52,7 @@ impl FileHeader {
     pub fn new(kind: FileKind, keys: &Keys) -> FileHeader {
         FileHeader {
             kind,
+            version: kind.version(),
             cipher: keys.cipher(),
             salt: random_bytes(),
         }
@@ -50,7 +61,7 @@ impl FileHeader {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[..4].copy_from_slice(self.kind.magic());
-        h[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        h[4..6].copy_from_slice(&self.version.to_le_bytes());
         h[6] = self.cipher;
         h[8..].copy_from_slice(&self.salt);
         h
@@ -64,10 +75,13 @@ impl FileHeader {
             ));
         }
         let version = u16::from_le_bytes([b[4], b[5]]);
-        if version != FORMAT_VERSION {
+        if version == 0 || version > kind.version() {
             return Err(Error::corrupt(
                 name,
-                format!("format version {version}, this cairn reads version {FORMAT_VERSION}; use a newer cairn"),
+                format!(
+                    "format version {version}, this cairn reads versions 1 to {}; use a newer cairn",
+                    kind.version()
+                ),
             ));
         }
         if b[6] != keys.cipher() {
@@ -82,6 +96,7 @@ impl FileHeader {
         }
         Ok(FileHeader {
             kind,
+            version,
             cipher: b[6],
             salt: b[8..HEADER_LEN].try_into().expect("32 bytes"),
         })
@@ -182,6 +197,16 @@ pub fn encode_file(kind: FileKind, keys: &Keys, payload: &[u8], level: i32) -> V
 }
 
 pub fn decode_file(kind: FileKind, keys: &Keys, bytes: &[u8], name: &str) -> Result<Vec<u8>> {
+    Ok(decode_file_versioned(kind, keys, bytes, name)?.1)
+}
+
+/// [`decode_file`], also returning the file's format version.
+pub fn decode_file_versioned(
+    kind: FileKind,
+    keys: &Keys,
+    bytes: &[u8],
+    name: &str,
+) -> Result<(u16, Vec<u8>)> {
     let header = FileHeader::decode(kind, bytes, keys, name)?;
     if bytes.len() < HEADER_LEN + 4 {
         return Err(Error::corrupt(name, "file is truncated"));
@@ -192,7 +217,7 @@ pub fn decode_file(kind: FileKind, keys: &Keys, bytes: &[u8], name: &str) -> Res
     let payload = header
         .sealer(keys)
         .open(body, &bytes[..HEADER_LEN], &what)?;
-    decompress(&payload, raw_len, &what)
+    Ok((header.version, decompress(&payload, raw_len, &what)?))
 }
 
 #[cfg(test)]
@@ -211,9 +236,9 @@ mod tests {
             );
             assert!(decode_file(FileKind::Snapshot, &keys, &f, "x").is_err());
             let mut newer = f.clone();
-            newer[4] = 2;
+            newer[4] = 3;
             let e = decode_file(FileKind::Index, &keys, &newer, "x").unwrap_err();
-            assert!(e.to_string().contains("format version 2"), "{e}");
+            assert!(e.to_string().contains("format version 3"), "{e}");
         }
     }
 

@@ -797,11 +797,12 @@ fn u32_at(b: &[u8], at: usize) -> usize {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")) as usize
 }
 
-/// Pack count, and per pack its entry count and its entries' numbers.
+/// Pack count, and per pack its entry count and its entries' numbers (the version 2
+/// payload: the creation time comes first).
 fn index_fields(b: &[u8]) -> Vec<Field> {
-    let mut out = vec![Field::U32(0)];
-    let mut pos = 4;
-    for _ in 0..u32_at(b, 0) {
+    let mut out = vec![Field::U32(8)];
+    let mut pos = 12;
+    for _ in 0..u32_at(b, 8) {
         out.push(Field::U32(pos + 64));
         let n = u32_at(b, pos + 64);
         pos += 68;
@@ -1293,7 +1294,7 @@ fn fuzz_index() {
         let m = mutate(&base, &fields, &mut payload.rng(case));
         let input = m.clone();
         payload.run(case, &input, move || {
-            let r = IndexFile::decode(&m, "fuzz");
+            let r = IndexFile::decode(&m, 2, "fuzz");
             if let Ok(i) = &r {
                 let _ = i.blob_count();
             }

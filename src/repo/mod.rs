@@ -34,6 +34,14 @@ use lock::{Lock, LockKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Nanoseconds since the epoch, never 0.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        .max(1)
+}
+
 pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
@@ -252,6 +260,11 @@ impl Repository {
 
     /// Reads and verifies an index or snapshot file by its backend name.
     pub fn read_file(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        Ok(self.read_file_versioned(kind, name)?.1)
+    }
+
+    /// [`Repository::read_file`], also returning the file's format version.
+    pub fn read_file_versioned(&self, kind: FileKind, name: &str) -> Result<(u16, Vec<u8>)> {
         let bytes = self.backend.get(name)?;
         let expected = name.rsplit('/').next().and_then(Id::from_hex);
         if expected != Some(Id::of_file(&bytes)) {
@@ -260,7 +273,7 @@ impl Repository {
                 "content does not match its name (truncated or changed)",
             ));
         }
-        envelope::decode_file(kind, &self.keys, &bytes, name)
+        envelope::decode_file_versioned(kind, &self.keys, &bytes, name)
     }
 
     /// Every pack in `data/` with its size.
@@ -275,10 +288,20 @@ impl Repository {
     }
 
     pub fn read_index(&self, name: &str) -> Result<IndexFile> {
-        IndexFile::decode(&self.read_file(FileKind::Index, name)?, name)
+        let (version, payload) = self.read_file_versioned(FileKind::Index, name)?;
+        IndexFile::decode(&payload, version, name)
     }
 
+    /// Writes an index file, stamped with the current time when it has none.
     pub fn write_index(&self, idx: &IndexFile) -> Result<String> {
+        let mut stamped;
+        let idx = if idx.created == 0 {
+            stamped = idx.clone();
+            stamped.created = now_ns();
+            &stamped
+        } else {
+            idx
+        };
         let id = self.write_file(FileKind::Index, &idx.encode())?;
         Ok(format!("index/{id}"))
     }

@@ -151,7 +151,8 @@ impl<'a> Packer<'a> {
         if self.index.packs.is_empty() {
             return Ok(None);
         }
-        let index = std::mem::take(&mut self.index);
+        let mut index = std::mem::take(&mut self.index);
+        index.created = super::now_ns();
         let name = self.repo.write_index(&index)?;
         Ok(Some(WrittenIndex { name, index }))
     }
