@@ -27,7 +27,28 @@ pub struct CheckReport {
     /// Packs that no index names and no snapshot needs: left by an interrupted backup;
     /// harmless, prune removes them. (One that holds needed blobs is a problem instead.)
     pub unreferenced_packs: usize,
+    /// What a restore of each disk must read: how scattered the snapshots are.
+    pub fragmentation: Vec<Fragmentation>,
     pub problems: Vec<String>,
+}
+
+/// How many packs, reads and bytes a restore of one disk costs, per GiB of its data.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Fragmentation {
+    pub snapshot: String,
+    pub vm: String,
+    pub time: String,
+    pub disk: String,
+    pub data_bytes: u64,
+    /// Distinct packs holding the disk's chunks.
+    pub packs: usize,
+    /// Range reads a restore issues, and the bytes they cover.
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub packs_per_gib: f64,
+    pub reads_per_gib: f64,
+    /// Bytes read per byte of data restored (stored, compressed sizes; gaps included).
+    pub read_per_data: f64,
 }
 
 pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckReport> {
@@ -111,7 +132,15 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
             snap.time
         );
         let packs = needs.entry(label.clone()).or_default();
-        for disk in snap.items() {
+        for (di, disk) in snap.items().enumerate() {
+            let mut frag = Fragmentation {
+                snapshot: short_of(&name),
+                vm: snap.vm.clone(),
+                time: snap.time.clone(),
+                disk: disk.name.to_string(),
+                ..Default::default()
+            };
+            let mut disk_packs: HashSet<Id> = HashSet::new();
             for tid in disk.tables.iter().flatten() {
                 let table = match reader.get(tid)? {
                     None => {
@@ -136,10 +165,15 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
                     }
                 };
                 let mut n_missing = 0usize;
-                for cid in table.extents.iter().filter_map(|e| e.id) {
+                let mut locs = Vec::new();
+                for e in &table.extents {
+                    let Some(cid) = e.id else { continue };
+                    frag.data_bytes += e.len as u64;
                     match reader.get(&cid)? {
                         Some(loc) => {
                             packs.insert(loc.pack);
+                            disk_packs.insert(loc.pack);
+                            locs.push(loc);
                         }
                         None => {
                             n_missing += 1;
@@ -154,6 +188,18 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
                         tid.short()
                     ));
                 }
+                let (reads, bytes) = crate::restore::read_cost(locs);
+                frag.reads += reads;
+                frag.read_bytes += bytes;
+            }
+            // Disks only: config files and the catalog are a few KiB.
+            if di < snap.disks.len() && frag.data_bytes > 0 {
+                let gib = frag.data_bytes as f64 / (1u64 << 30) as f64;
+                frag.packs = disk_packs.len();
+                frag.packs_per_gib = frag.packs as f64 / gib;
+                frag.reads_per_gib = frag.reads as f64 / gib;
+                frag.read_per_data = frag.read_bytes as f64 / frag.data_bytes as f64;
+                rep.fragmentation.push(frag);
             }
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! 1. **Mark**: every table and chunk reachable from every snapshot. A snapshot that cannot
 //!    be read, or a blob the index lacks, stops prune: it cannot know what is garbage then.
-//! 2. **Plan**: walk the index files; of each needed blob one copy is kept (the first met).
+//! 2. **Plan**: walk the index files; of each needed blob one copy is kept (the one named
+//!    by the newest index file: the copy a backup stored again next to newer data).
 //!    A pack with nothing kept is deleted; one whose unused share exceeds `max_unused` is
 //!    repacked; the rest stay as they are. Packs no index names (left by interrupted
 //!    backups) are deleted.
@@ -185,25 +186,46 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     for name in &old_index {
         indexes.push(repo.read_index(name)?);
     }
-    let mut plans: HashMap<Id, PackPlan> = HashMap::new();
-    let mut unplaced = used;
-    for p in indexes.into_iter().flat_map(|i| i.packs) {
-        {
-            let plan = plans.entry(p.pack).or_default();
-            plan.salt = p.salt;
-            for e in p.entries {
-                // An interrupted prune leaves two index files naming the same blob.
-                if !plan.seen.insert(e.offset) {
+    // Of a blob stored twice, the copy named by the newest index file is kept (a backup
+    // stores a copy again next to new data so that the newest snapshot reads
+    // contiguously; the old copy is what becomes garbage). Ties keep the first met.
+    let mut winner: HashMap<Id, (u64, Id, u32)> = HashMap::with_capacity(used.len());
+    for idx in &indexes {
+        for p in &idx.packs {
+            for e in &p.entries {
+                if !used.contains(&e.id) {
                     continue;
                 }
-                plan.total_bytes += e.length as u64;
-                if unplaced.remove(&e.id) {
-                    plan.used_bytes += e.length as u64;
-                    plan.keep.push(e);
+                let w = winner
+                    .entry(e.id)
+                    .or_insert((idx.created, p.pack, e.offset));
+                if idx.created > w.0 {
+                    *w = (idx.created, p.pack, e.offset);
                 }
             }
         }
     }
+    let mut plans: HashMap<Id, PackPlan> = HashMap::new();
+    let mut unplaced = used;
+    for p in indexes.into_iter().flat_map(|i| i.packs) {
+        let plan = plans.entry(p.pack).or_default();
+        plan.salt = p.salt;
+        for e in p.entries {
+            // An interrupted prune leaves two index files naming the same blob.
+            if !plan.seen.insert(e.offset) {
+                continue;
+            }
+            plan.total_bytes += e.length as u64;
+            let wins = winner
+                .get(&e.id)
+                .is_some_and(|w| (w.1, w.2) == (p.pack, e.offset));
+            if wins && unplaced.remove(&e.id) {
+                plan.used_bytes += e.length as u64;
+                plan.keep.push(e);
+            }
+        }
+    }
+    drop(winner);
     if let Some(id) = unplaced.iter().next() {
         return Err(Error::Other(format!(
             "{} needed blobs (e.g. {}) vanished from the index while prune read it; nothing was deleted",

@@ -575,12 +575,15 @@ fn write_table<S: Sink + ?Sized>(
     }
     // One task per read (at most MAX_READ bytes), not per pack: a table's few packs hold
     // very different amounts of it, and per-pack tasks left a core idle at the tail.
-    let runs: Vec<(&Id, &Sealer, &[Wanted])> = groups
+    let mut runs: Vec<(&Id, &Sealer, &[Wanted])> = groups
         .iter()
         .flat_map(|(pack, sealer, blobs)| {
             read_runs(blobs).into_iter().map(move |r| (pack, sealer, r))
         })
         .collect();
+    // In disk order where the layout allows: the newest snapshot, kept contiguous at
+    // backup time, then reads its packs front to back.
+    runs.sort_by_key(|r| r.2.iter().flat_map(|w| w.1.first()).min().copied());
     runs.par_iter()
         .map(|&(pack, sealer, run)| {
             let mut written = 0;
@@ -605,13 +608,33 @@ fn write_table<S: Sink + ?Sized>(
 
 /// Splits a pack's wanted blobs (sorted by offset) into runs read with one request each.
 fn read_runs(blobs: &[Wanted]) -> Vec<&[Wanted]> {
+    split_runs(blobs, |w| &w.0.entry)
+}
+
+/// What restoring the blobs `locs` (one table's chunks) reads: (requests, bytes), grouped
+/// and coalesced exactly as a restore does. `check` reports it as fragmentation.
+pub fn read_cost(mut locs: Vec<BlobLoc>) -> (u64, u64) {
+    locs.sort_by_key(|l| (l.pack, l.entry.offset));
+    locs.dedup_by_key(|l| (l.pack, l.entry.offset));
+    let (mut reads, mut bytes) = (0, 0);
+    for pack in locs.chunk_by(|a, b| a.pack == b.pack) {
+        for run in split_runs(pack, |l| &l.entry) {
+            let (first, last) = (&run[0].entry, &run[run.len() - 1].entry);
+            reads += 1;
+            bytes += last.offset as u64 + last.length as u64 - first.offset as u64;
+        }
+    }
+    (reads, bytes)
+}
+
+fn split_runs<T>(blobs: &[T], entry: impl Fn(&T) -> &crate::repo::pack::PackEntry) -> Vec<&[T]> {
     let mut runs = Vec::new();
     let mut start = 0;
     for i in 1..=blobs.len() {
         let split = i == blobs.len() || {
-            let first = blobs[start].0.entry.offset as u64;
-            let prev = &blobs[i - 1].0.entry;
-            let cur = &blobs[i].0.entry;
+            let first = entry(&blobs[start]).offset as u64;
+            let prev = entry(&blobs[i - 1]);
+            let cur = entry(&blobs[i]);
             let gap = cur.offset as u64 - (prev.offset as u64 + prev.length as u64);
             gap > 1 << 20 || cur.offset as u64 + cur.length as u64 - first > MAX_READ
         };

@@ -8,6 +8,7 @@
 //! manifest; a crash at any point leaves old snapshots untouched and at worst some
 //! unreferenced packs.
 
+mod capping;
 pub mod changes;
 mod pipeline;
 mod rechunk;
@@ -38,6 +39,9 @@ pub struct BackupOptions {
     pub catalog: bool,
     /// Change maps (`--changed-extents`, `--bitmap`) and `--verify-changed`.
     pub changes: changes::ChangeOptions,
+    /// Share (0–1) of the bytes read that may be spent storing old chunks again so the new
+    /// snapshot stays contiguous (`--rewrite-budget`, default 5 %; 0 turns it off).
+    pub rewrite_budget: f64,
     pub quiet: bool,
 }
 
@@ -101,6 +105,8 @@ pub struct BackupReport {
     pub bytes_read: u64,
     pub bytes_new: u64,
     pub bytes_stored: u64,
+    /// Bytes of old chunks stored again next to this snapshot's new ones (capping).
+    pub bytes_rewritten: u64,
     pub holes_skipped: u64,
     pub packs_written: usize,
     pub duration_secs: f64,
@@ -249,7 +255,8 @@ pub fn run(
     }
     total += incremental.iter().map(|(_, m, _)| m.bytes()).sum::<u64>();
     let bar = crate::progress::bytes_bar(total, "backup", opts.quiet);
-    let mut session = Session::new(repo, &cache);
+    let budget = (total as f64 * opts.rewrite_budget.clamp(0.0, 1.0)) as u64;
+    let mut session = Session::new(repo, &cache, budget);
     let mut inc_tables: Vec<(
         usize,
         Vec<Option<crate::Id>>,
@@ -289,6 +296,10 @@ pub fn run(
     let tables = session.run_pipeline(&read_sources, &|n| bar.inc(n))?;
     bar.finish_and_clear();
     let Session { shared, mut w } = session;
+    let rewritten = shared
+        .capping
+        .rewritten
+        .load(std::sync::atomic::Ordering::Relaxed);
     if let Some(written) = w.packer.finish()? {
         shared.indexed(&written)?;
     }
@@ -367,7 +378,7 @@ pub fn run(
     let summary = Summary {
         // The catalog is written, not read from a source.
         bytes_read: w.bytes_read - catalog_report.as_ref().map_or(0, |c| c.bytes),
-        bytes_new: w.bytes_new,
+        bytes_new: w.bytes_new.saturating_sub(rewritten),
         bytes_stored,
         holes: w.holes,
         duration_ms: started.elapsed().as_millis() as u64,
@@ -437,6 +448,7 @@ pub fn run(
         bytes_read: summary.bytes_read,
         bytes_new: summary.bytes_new,
         bytes_stored: summary.bytes_stored,
+        bytes_rewritten: rewritten,
         holes_skipped: summary.holes,
         packs_written,
         duration_secs: started.elapsed().as_secs_f64(),

@@ -65,6 +65,8 @@ pub(super) struct Shared<'a> {
     pub(super) chunker: Chunker,
     /// Ids this session stores that are not yet in the cache.
     pub(super) claims: Claims,
+    /// What of the old chunks is stored again next to the new ones.
+    pub(super) capping: super::capping::Capping,
 }
 
 /// The writer's state: the packer and counters.
@@ -82,7 +84,12 @@ pub(super) struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    pub(super) fn new(repo: &'a Repository, cache: &'a IndexCache) -> Session<'a> {
+    /// A session that may store up to `rewrite_budget` bytes of old chunks again (capping).
+    pub(super) fn new(
+        repo: &'a Repository,
+        cache: &'a IndexCache,
+        rewrite_budget: u64,
+    ) -> Session<'a> {
         // One salt, hence one sealing key, for all packs of this session.
         let packer = Packer::new(repo);
         Session {
@@ -92,6 +99,7 @@ impl<'a> Session<'a> {
                 sealer: packer.sealer().clone(),
                 chunker: Chunker::new(repo.config.chunker, repo.keys.chunker_seed()),
                 claims: Claims::default(),
+                capping: super::capping::Capping::new(rewrite_budget, crate::repo::now_ns()),
             },
             w: Writer {
                 packer,
@@ -266,8 +274,9 @@ impl Shared<'_> {
         let reader = self.cache.reader()?;
         let level = self.repo.config.zstd_level;
         let mut extents = Vec::with_capacity(pieces.len());
-        let mut blobs = Vec::new();
         let mut holes = 0;
+        // (piece, id, where the index has it) of each data piece.
+        let mut found = Vec::with_capacity(pieces.len());
         for p in pieces {
             if !p.data {
                 holes += p.len as u64;
@@ -277,15 +286,22 @@ impl Shared<'_> {
                 });
                 continue;
             }
-            let bytes = &data[p.offset..p.offset + p.len];
-            let id = self.repo.keys.chunk_id(bytes);
+            let id = self.repo.keys.chunk_id(&data[p.offset..p.offset + p.len]);
             extents.push(Extent {
                 len: p.len as u32,
                 id: Some(id),
             });
-            if reader.contains(&id)? || !self.claims.claim(id) {
+            found.push((p, id, reader.get(&id)?.map(|l| (l.pack, l.created))));
+        }
+        let old: Vec<(u64, Option<(Id, u64)>)> =
+            found.iter().map(|(p, _, l)| (p.len as u64, *l)).collect();
+        let again = self.capping.choose(&old);
+        let mut blobs = Vec::new();
+        for ((p, id, loc), again) in found.into_iter().zip(again) {
+            if (loc.is_some() && !again) || !self.claims.claim(id) {
                 continue;
             }
+            let bytes = &data[p.offset..p.offset + p.len];
             blobs.push(seal_blob(&self.sealer, BlobKind::Data, id, bytes, level));
         }
         Ok((extents, blobs, holes))

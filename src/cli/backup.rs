@@ -48,6 +48,11 @@ pub struct Args {
     /// missed a change.
     #[arg(long)]
     verify_changed: bool,
+    /// Share of the bytes read that may be spent storing old chunks again, next to the new
+    /// ones, where the snapshot would otherwise read from too many old packs (so the newest
+    /// restore point stays fast to restore); 0 turns it off.
+    #[arg(long, default_value = "5%", value_parser = super::prune::parse_share)]
+    rewrite_budget: f64,
     /// Disk images (raw, qcow2, VMDK, VHD, VHDX, block devices) or VM folders (the disks
     /// the .vmx names, plus the config files; lock files, swap and logs are skipped).
     #[arg(required = true, value_name = "DISK|FOLDER")]
@@ -115,6 +120,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
         },
         catalog: !a.no_catalog,
         changes: change_options(a),
+        rewrite_budget: a.rewrite_budget,
         quiet: cli.quiet,
     };
     let r = backup::run(&repo, &a.disks, &opts)?;
@@ -161,6 +167,12 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
             println!(
                 "  {} unchanged since the parent snapshot, not read",
                 plural(r.disks_unchanged, "disk")
+            );
+        }
+        if r.bytes_rewritten > 0 {
+            println!(
+                "  {} of old chunks stored again next to the new ones (the newest snapshot stays contiguous)",
+                human(r.bytes_rewritten)
             );
         }
         println!(

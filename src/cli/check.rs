@@ -34,6 +34,21 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
             r.unreferenced_packs
         );
     }
+    // How the newest snapshot of each VM reads: what capping keeps low.
+    let mut newest: std::collections::BTreeMap<(&str, &str), &crate::check::Fragmentation> =
+        Default::default();
+    for f in &r.fragmentation {
+        let e = newest.entry((f.vm.as_str(), f.disk.as_str())).or_insert(f);
+        if f.time > e.time {
+            *e = f;
+        }
+    }
+    for f in newest.values() {
+        println!(
+            "newest of {}: {} reads {} packs ({:.1}/GiB), {:.2}× its data, in {} reads",
+            f.vm, f.disk, f.packs, f.packs_per_gib, f.read_per_data, f.reads
+        );
+    }
     for p in &r.problems {
         eprintln!("problem: {p}");
     }
