@@ -63,7 +63,7 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
     // Index files, read directly (not through the cache) so their damage is seen.
     let mut indexed: HashMap<Id, u64> = HashMap::new(); // pack → end of its last blob
     let mut pack_blobs: HashMap<Id, usize> = HashMap::new();
-    let index_names = repo.backend.list("index")?;
+    let index_names = repo.index_files()?;
     rep.index_files = index_names.len();
     for name in &index_names {
         match repo.read_index(name) {
@@ -112,7 +112,7 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
     let mut needs: BTreeMap<String, HashSet<Id>> = BTreeMap::new();
     // Blobs some snapshot needs that no index names, with the snapshots needing them.
     let mut missing: HashMap<Id, String> = HashMap::new();
-    for name in repo.backend.list("snapshots")? {
+    for name in repo.snapshot_files()? {
         let snap = match repo
             .read_file(FileKind::Snapshot, &name)
             .and_then(|b| Snapshot::decode(&b, &name))

@@ -13,7 +13,7 @@ use crate::{Error, Id, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
-const POLICIES: &str = "policies";
+use crate::repo::files::POLICIES;
 
 /// A policy stored in the repository for the VMs whose name matches `vm` (`*`, `?`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -56,15 +56,14 @@ pub fn save_policies(repo: &Repository, list: &[StoredPolicy]) -> Result<()> {
 }
 
 fn marker(id: &Id) -> String {
-    format!("protected/{id}")
+    crate::repo::files::protected(id)
 }
 
 pub fn protected_ids(repo: &Repository) -> Result<HashSet<Id>> {
     Ok(repo
-        .backend
-        .list("protected")?
+        .list(crate::repo::files::Folder::Protected)?
         .iter()
-        .filter_map(|n| n.rsplit('/').next().and_then(Id::from_hex))
+        .filter_map(|l| l.id())
         .collect())
 }
 
@@ -218,7 +217,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
             };
             if d.reasons.is_empty() {
                 if !opts.dry_run {
-                    repo.backend.delete(&format!("snapshots/{id}"))?;
+                    repo.delete_snapshot(id)?;
                 }
                 g.remove.push(d);
             } else {
@@ -247,7 +246,7 @@ fn forget_named(
         .iter()
         .map(|(id, s)| {
             (
-                format!("snapshots/{id}"),
+                crate::repo::files::snapshot(id),
                 id.to_hex(),
                 s.vm.clone(),
                 s.time.clone(),
@@ -300,7 +299,7 @@ fn forget_named(
     };
     for (name, hex, vm, time) in chosen {
         if !dry_run {
-            repo.backend.delete(name)?;
+            repo.delete_listed(name)?;
         }
         g.remove.push(Decision {
             id: hex.clone(),

@@ -77,7 +77,7 @@ fn crash_point(name: &str) {
 fn adopt_orphans(repo: &Repository, dry_run: bool) -> Result<Option<IndexFile>> {
     let on_disk = repo.list_packs()?;
     let mut named = HashSet::new();
-    for name in repo.backend.list("index")? {
+    for name in repo.index_files()? {
         let idx = repo.read_index(&name).map_err(|e| {
             Error::Other(format!(
                 "prune stops: {e}. Without every index file it cannot tell which packs are \
@@ -181,7 +181,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let on_disk: HashMap<Id, u64> = repo.list_packs()?;
     rep.packs_before = on_disk.len();
     rep.bytes_before = on_disk.values().sum();
-    let old_index = repo.backend.list("index")?;
+    let old_index = repo.index_files()?;
     let mut indexes = Vec::with_capacity(old_index.len());
     for name in &old_index {
         indexes.push(repo.read_index(name)?);
@@ -342,12 +342,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             crash_point("delete");
         }
     }
-    rep.bytes_after = repo
-        .backend
-        .list("data")?
-        .iter()
-        .map(|n| repo.backend.size(n).ok().flatten().unwrap_or(0))
-        .sum();
+    rep.bytes_after = repo.list_packs()?.values().sum();
     rep.bytes_freed = rep.bytes_before as i64 - rep.bytes_after as i64;
     rep.duration_secs = started.elapsed().as_secs_f64();
     Ok(rep)

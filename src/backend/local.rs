@@ -9,6 +9,7 @@
 use super::Backend;
 use crate::crypto::random_bytes;
 use crate::error::{Error, IoContext, Result};
+use crate::repo::files::Listed;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::FileExt;
@@ -130,7 +131,7 @@ impl Backend for LocalBackend {
         }
     }
 
-    fn list(&self, dir: &str) -> Result<Vec<String>> {
+    fn list(&self, dir: &str) -> Result<Vec<Listed>> {
         let base = self.path(dir);
         let mut out = Vec::new();
         let entries = match fs::read_dir(&base) {
@@ -152,10 +153,17 @@ impl Backend for LocalBackend {
                     out.push(sub);
                 }
             } else if ft.is_file() {
-                out.push(format!("{dir}/{name}"));
+                let size = entry
+                    .metadata()
+                    .ctx(|| format!("listing {}", base.display()))?
+                    .len();
+                out.push(Listed {
+                    name: format!("{dir}/{name}"),
+                    size,
+                });
             }
         }
-        out.sort();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
@@ -200,7 +208,13 @@ mod tests {
         assert_eq!(b.get("data/ab/abcd").unwrap(), b"pack");
         assert_eq!(b.get_range("data/ab/abcd", 1, 2).unwrap(), b"ac");
         assert!(b.get_range("data/ab/abcd", 3, 2).is_err());
-        assert_eq!(b.list("data").unwrap(), vec!["data/ab/abcd".to_string()]);
+        assert_eq!(
+            b.list("data").unwrap(),
+            vec![Listed {
+                name: "data/ab/abcd".to_string(),
+                size: 4
+            }]
+        );
         assert!(b.put_new("locks/x", b"1").unwrap());
         assert!(!b.put_new("locks/x", b"2").unwrap());
         assert_eq!(b.get("locks/x").unwrap(), b"1");

@@ -21,9 +21,11 @@ pub trait Backend: Send + Sync {
     fn put(&self, name: &str, data: &[u8]) -> Result<()>;
     /// Stores an object only if none of that name exists; returns false if one did.
     fn put_new(&self, name: &str, data: &[u8]) -> Result<bool>;
-    /// Names of the objects directly inside `dir`, recursing one level into two-character
-    /// fan-out folders (as `data/` uses). Names are relative to `dir`'s parent, e.g. `data/ab/ab…`.
-    fn list(&self, dir: &str) -> Result<Vec<String>>;
+    /// The objects directly inside `dir` with their sizes, recursing one level into
+    /// two-character fan-out folders (as `data/` uses). Names are relative to `dir`'s
+    /// parent, e.g. `data/ab/ab…`. A listing that fails or is cut short is an error, never
+    /// a shorter list: callers take absence from a listing as absence.
+    fn list(&self, dir: &str) -> Result<Vec<crate::repo::files::Listed>>;
     /// Size of an object, or None if it does not exist.
     fn size(&self, name: &str) -> Result<Option<u64>>;
     /// When an object was last written, by the storage's clock; None if it does not exist.

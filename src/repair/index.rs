@@ -39,7 +39,7 @@ pub fn run(repo: &Repository, dry_run: bool) -> Result<IndexReport> {
         ..Default::default()
     };
     let on_disk = repo.list_packs()?;
-    let names = repo.backend.list("index")?;
+    let names = repo.index_files()?;
     rep.index_files = names.len();
     let mut covered: HashSet<Id> = HashSet::new();
     let mut replace: Vec<String> = Vec::new();
@@ -106,7 +106,7 @@ pub fn run(repo: &Repository, dry_run: bool) -> Result<IndexReport> {
     rep.index_files_written = written.len();
     lock.check()?;
     for name in replace.iter().filter(|n| !written.contains(n)) {
-        repo.backend.delete(name)?;
+        repo.delete_listed(name)?;
         rep.index_files_deleted += 1;
     }
     Ok(rep)

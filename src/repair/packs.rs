@@ -46,7 +46,7 @@ pub fn run(repo: &Repository, only: &[String], dry_run: bool, quiet: bool) -> Re
         dry_run,
         ..Default::default()
     };
-    let names = repo.backend.list("index")?;
+    let names = repo.index_files()?;
     let mut known: HashMap<Id, Known> = HashMap::new();
     let mut files: HashMap<String, Vec<IndexPack>> = HashMap::new();
     for name in &names {
@@ -184,7 +184,7 @@ pub fn run(repo: &Repository, only: &[String], dry_run: bool, quiet: bool) -> Re
         .iter()
         .filter(|n| !rewritten.contains(n) && !written_index.contains(n))
     {
-        repo.backend.delete(name)?;
+        repo.delete_listed(name)?;
         rep.index_files_rewritten += 1;
     }
     for pack in &bad {

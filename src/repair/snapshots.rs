@@ -137,7 +137,7 @@ pub fn run(repo: &Repository, dry_run: bool) -> Result<SnapshotsReport> {
                 r.new_snapshot = Some(nid.to_hex());
             }
         }
-        repo.backend.delete(&format!("snapshots/{old}"))?;
+        repo.delete_snapshot(&old)?;
         if protected.contains(&old) {
             crate::forget::set_protected(repo, &old, false)?;
         }

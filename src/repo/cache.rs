@@ -133,7 +133,11 @@ impl IndexCache {
         backend: &dyn Backend,
         read: &dyn Fn(&str) -> Result<IndexFile>,
     ) -> Result<Vec<(String, Error)>> {
-        let listed: HashSet<String> = backend.list("index")?.into_iter().collect();
+        let listed: HashSet<String> = backend
+            .list(super::files::Folder::Index.name())?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
         let merged: HashSet<String> = {
             let tx = self.db.begin_read().map_err(db_err)?;
             match tx.open_table(FILES) {

@@ -525,7 +525,7 @@ fn fixture(encrypted: bool) -> Fixture {
         }
         packer.finish().unwrap();
     }
-    let index_name = repo.backend.list("index").unwrap().remove(0);
+    let index_name = repo.backend.list("index").unwrap().remove(0).name;
     let index = repo.read_index(&index_name).unwrap();
     assert!(index.packs.len() > 1, "the fixture has several packs");
     let packs = index
@@ -542,7 +542,7 @@ fn fixture(encrypted: bool) -> Fixture {
     let manifest = sample_manifest(&table_ids);
     let snapshot_name = format!("snapshots/{}", snapshot::save(&repo, &manifest).unwrap());
     let key_file = encrypted.then(|| {
-        let name = repo.backend.list("keys").unwrap().remove(0);
+        let name = repo.backend.list("keys").unwrap().remove(0).name;
         repo.backend.get(&name).unwrap()
     });
     let config = std::fs::read(path.join("config")).unwrap();
@@ -1622,7 +1622,14 @@ fn config_problem(c: &Config) -> Option<String> {
 fn scratch_repo(f: &Fixture, dir: &Path) -> PathBuf {
     let p = dir.join("scratch");
     std::fs::create_dir_all(p.join("keys")).unwrap();
-    for name in f.repo.backend.list("keys").unwrap() {
+    for name in f
+        .repo
+        .backend
+        .list("keys")
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+    {
         std::fs::write(p.join(&name), f.repo.backend.get(&name).unwrap()).unwrap();
     }
     p

@@ -90,7 +90,11 @@ pub struct LockEntry {
 /// ignoring it could let prune run beside a backup.
 pub fn list_locks(backend: &dyn Backend) -> Result<Vec<LockEntry>> {
     let mut out = Vec::new();
-    for name in backend.list("locks")? {
+    for name in backend
+        .list(super::files::Folder::Locks.name())?
+        .into_iter()
+        .map(|l| l.name)
+    {
         let bytes = match backend.get(&name) {
             Ok(b) => b,
             Err(_) if backend.size(&name)?.is_none() => continue, // removed meanwhile
@@ -158,7 +162,7 @@ impl Lock {
             created: now(),
             refreshed: now(),
         };
-        let name = format!("locks/{}", hex::encode(random_bytes::<16>()));
+        let name = super::files::lock(&hex::encode(random_bytes::<16>()));
         let body = serde_json::to_vec(&info).expect("lock serializes");
         if !backend.put_new(&name, &body)? {
             return Err(Error::Other(format!(

@@ -14,6 +14,7 @@ pub mod blobs;
 pub mod cache;
 pub mod config;
 pub mod envelope;
+pub mod files;
 pub mod index;
 pub mod lock;
 pub mod pack;
@@ -106,7 +107,7 @@ impl Repository {
             ));
         }
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
-        if backend.size("config")?.is_some() {
+        if backend.size(files::CONFIG)?.is_some() {
             return Err(Error::Usage(format!(
                 "{} already holds a cairn repository; refusing to overwrite it",
                 path.display()
@@ -117,7 +118,7 @@ impl Repository {
                 let master: [u8; 64] = random_bytes();
                 let kf = KeyFile::new(&master, pw, opts.kdf)?;
                 let body = serde_json::to_vec_pretty(&kf).expect("key file serializes");
-                backend.put(&format!("keys/{}", Id::of_file(&body)), &body)?;
+                backend.put(&files::key(&Id::of_file(&body)), &body)?;
                 (Keys::from_master(master), CIPHER_NAME_AES)
             }
             None => (Keys::unencrypted(), CIPHER_NAME_NONE),
@@ -136,7 +137,7 @@ impl Repository {
         config.seal(&keys);
         // The config goes last: a folder without one is not (yet) a repository.
         backend.put(
-            "config",
+            files::CONFIG,
             &serde_json::to_vec_pretty(&config).expect("config serializes"),
         )?;
         Ok(Repository {
@@ -152,8 +153,8 @@ impl Repository {
     /// Opens the repository at `path`, asking `password` only if it is encrypted.
     pub fn open(path: &Path, password: &dyn Fn() -> Result<String>) -> Result<Repository> {
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
-        let raw = match backend.size("config")? {
-            Some(_) => backend.get("config")?,
+        let raw = match backend.size(files::CONFIG)? {
+            Some(_) => backend.get(files::CONFIG)?,
             None => return Err(Error::NotARepository(path.to_path_buf())),
         };
         #[derive(serde::Deserialize)]
@@ -180,7 +181,11 @@ impl Repository {
             // A damaged key file must not lock out the others; it matters only if no
             // other one opens.
             let mut damaged = None;
-            for name in backend.list("keys")? {
+            for name in backend
+                .list(files::Folder::Keys.name())?
+                .into_iter()
+                .map(|l| l.name)
+            {
                 let kf = serde_json::from_slice::<KeyFile>(&backend.get(&name)?)
                     .map_err(|e| Error::corrupt_root(&name, e.to_string()))
                     .and_then(|kf| kf.unwrap_master(&pw, &name));
@@ -253,8 +258,12 @@ impl Repository {
     pub fn write_file(&self, kind: FileKind, payload: &[u8]) -> Result<Id> {
         let bytes = envelope::encode_file(kind, &self.keys, payload, self.config.zstd_level.max(1));
         let id = Id::of_file(&bytes);
-        self.backend
-            .put(&format!("{}/{}", Self::dir(kind), id), &bytes)?;
+        let name = match kind {
+            FileKind::Index => files::index(&id),
+            FileKind::Snapshot => files::snapshot(&id),
+            _ => format!("{}/{}", Self::dir(kind), id),
+        };
+        self.backend.put(&name, &bytes)?;
         Ok(id)
     }
 
@@ -276,15 +285,46 @@ impl Repository {
         envelope::decode_file_versioned(kind, &self.keys, &bytes, name)
     }
 
-    /// Every pack in `data/` with its size.
+    /// Every pack in `data/` with its size (from the listing).
     pub fn list_packs(&self) -> Result<std::collections::HashMap<Id, u64>> {
-        let mut m = std::collections::HashMap::new();
-        for name in self.backend.list("data")? {
-            if let Some(id) = name.rsplit('/').next().and_then(Id::from_hex) {
-                m.insert(id, self.backend.size(&name)?.unwrap_or(0));
-            }
-        }
-        Ok(m)
+        Ok(self
+            .backend
+            .list(files::Folder::Data.name())?
+            .into_iter()
+            .filter_map(|l| Some((l.id()?, l.size)))
+            .collect())
+    }
+
+    /// The objects of a folder, with their sizes.
+    pub fn list(&self, folder: files::Folder) -> Result<Vec<files::Listed>> {
+        self.backend.list(folder.name())
+    }
+
+    /// The names of the index files.
+    pub fn index_files(&self) -> Result<Vec<String>> {
+        Ok(self
+            .list(files::Folder::Index)?
+            .into_iter()
+            .map(|l| l.name)
+            .collect())
+    }
+
+    /// The names of the snapshot files.
+    pub fn snapshot_files(&self) -> Result<Vec<String>> {
+        Ok(self
+            .list(files::Folder::Snapshots)?
+            .into_iter()
+            .map(|l| l.name)
+            .collect())
+    }
+
+    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.backend.delete(&files::snapshot(id))
+    }
+
+    /// Deletes an object by the name a listing of this repository gave.
+    pub fn delete_listed(&self, name: &str) -> Result<()> {
+        self.backend.delete(name)
     }
 
     pub fn read_index(&self, name: &str) -> Result<IndexFile> {
@@ -303,7 +343,7 @@ impl Repository {
             idx
         };
         let id = self.write_file(FileKind::Index, &idx.encode())?;
-        Ok(format!("index/{id}"))
+        Ok(files::index(&id))
     }
 
     /// The local index cache, brought up to date with `index/`. Damaged index files are

@@ -138,10 +138,7 @@ pub fn reseal_blob(
 }
 
 /// The backend name of a pack: `data/<first two hex digits>/<hex id>`.
-pub fn pack_name(id: &Id) -> String {
-    let h = id.to_hex();
-    format!("data/{}/{}", &h[..2], h)
-}
+pub use super::files::pack as pack_name;
 
 /// Builds one pack in memory. Packs are tens of MiB, so holding one is a bounded cost.
 pub struct PackWriter {

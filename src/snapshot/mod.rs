@@ -323,7 +323,7 @@ impl Loaded {
 pub fn load_all(repo: &Repository) -> Result<Loaded> {
     let mut snapshots = Vec::new();
     let mut damaged = Vec::new();
-    for name in repo.backend.list("snapshots")? {
+    for name in repo.snapshot_files()? {
         let id = name.rsplit('/').next().and_then(Id::from_hex);
         let read = repo
             .read_file(FileKind::Snapshot, &name)
