@@ -1,8 +1,6 @@
 //! The crate's error type. Every variant names the object it is about and, where the user
 //! can act, says what to do.
 
-use std::path::PathBuf;
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -14,12 +12,12 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("{0} is not a cairn repository (no config file found); create one with `cairn init`")]
-    NotARepository(PathBuf),
+    NotARepository(String),
     #[error("wrong password for repository {0}: no key file opens with it")]
-    WrongPassword(PathBuf),
+    WrongPassword(String),
     #[error("repository {path} has format version {found}; this cairn reads version {supported}: {hint}")]
     UnsupportedVersion {
-        path: PathBuf,
+        path: String,
         found: u32,
         supported: u32,
         hint: &'static str,

@@ -3,8 +3,50 @@
 //! implement the same trait.
 
 mod local;
+pub mod s3;
 
 pub use local::LocalBackend;
+pub use s3::{S3Backend, S3Config};
+use std::sync::Arc;
+
+/// Where a repository is: a folder (local disk, NAS mount) or an S3 bucket and prefix.
+#[derive(Clone, Debug)]
+pub enum Location {
+    Local(std::path::PathBuf),
+    S3(S3Config),
+}
+
+impl Location {
+    /// `s3:…` URLs are object storage; anything else is a folder. `options` are the
+    /// `--option KEY=VALUE` pairs (`s3.storage-class`, …).
+    pub fn parse(s: &std::ffi::OsStr, options: &[(String, String)]) -> crate::Result<Location> {
+        match s.to_str() {
+            Some(u) if u.starts_with("s3:") => Ok(Location::S3(S3Config::parse(u, options)?)),
+            _ => {
+                if let Some((k, _)) = options.iter().find(|(k, _)| k.starts_with("s3.")) {
+                    return Err(crate::Error::Usage(format!(
+                        "--option {k} applies to S3 repositories only"
+                    )));
+                }
+                Ok(Location::Local(std::path::PathBuf::from(s)))
+            }
+        }
+    }
+
+    pub fn open(&self) -> crate::Result<Arc<dyn Backend>> {
+        Ok(match self {
+            Location::Local(p) => Arc::new(LocalBackend::new(p)),
+            Location::S3(c) => Arc::new(S3Backend::open(c.clone())?),
+        })
+    }
+
+    pub fn display(&self) -> String {
+        match self {
+            Location::Local(p) => p.display().to_string(),
+            Location::S3(c) => c.location(),
+        }
+    }
+}
 
 use crate::Result;
 
@@ -31,4 +73,9 @@ pub trait Backend: Send + Sync {
     /// When an object was last written, by the storage's clock; None if it does not exist.
     fn modified(&self, name: &str) -> Result<Option<std::time::SystemTime>>;
     fn delete(&self, name: &str) -> Result<()>;
+    /// How many objects may be written at once (pack uploads): 1 for a folder, more for
+    /// object storage, where each request waits on the network.
+    fn parallel_writes(&self) -> usize {
+        1
+    }
 }

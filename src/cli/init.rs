@@ -24,7 +24,7 @@ pub struct Args {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
-    let path = cli.repo_path()?;
+    let loc = cli.location()?;
     let mut opts = InitOptions::default();
     let default_avg = opts.chunker.avg_size;
     let size = a
@@ -51,14 +51,14 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
             Some(pw)
         }
     };
-    let repo = Repository::init(&path, password.as_deref(), &opts)?;
+    let repo = Repository::init_at(&loc, password.as_deref(), &opts)?;
     if cli.json {
         cli.print_json(&repo.config);
     } else {
         println!(
             "created cairn repository {} at {} ({}, {} chunks of {} on average)",
             &repo.config.id[..8],
-            path.display(),
+            loc.display(),
             repo.config.cipher,
             repo.config.chunker.kind.name(),
             super::human(repo.config.chunker.avg_size as u64)

@@ -28,9 +28,14 @@ use std::path::PathBuf;
     about = "Deduplicating, encrypted backups of VM disk images"
 )]
 pub struct Cli {
-    /// Repository folder (local disk or NAS mount).
+    /// Repository: a folder (local disk or NAS mount), or `s3:https://HOST/BUCKET/PREFIX`
+    /// (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
     #[arg(long = "repo", short = 'r', env = "CAIRN_REPOSITORY", global = true)]
-    pub repo: Option<PathBuf>,
+    pub repo: Option<std::ffi::OsString>,
+    /// A backend option, KEY=VALUE (s3.storage-class, s3.bucket-lookup=auto|dns|path,
+    /// s3.region, s3.ca-file, s3.conditional-put); repeat for more.
+    #[arg(long = "option", short = 'o', global = true, value_parser = parse_option)]
+    pub options: Vec<(String, String)>,
     /// File holding the repository password (else $CAIRN_PASSWORD, else a prompt).
     #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
@@ -110,10 +115,14 @@ pub fn run(cli: Cli) -> Result<i32> {
 }
 
 impl Cli {
-    pub fn repo_path(&self) -> Result<PathBuf> {
-        self.repo.clone().ok_or_else(|| {
-            Error::Usage("no repository given: pass --repo PATH or set CAIRN_REPOSITORY".into())
-        })
+    /// Where the repository is, from --repo / $CAIRN_REPOSITORY and --option.
+    pub fn location(&self) -> Result<crate::backend::Location> {
+        let r = self.repo.as_ref().ok_or_else(|| {
+            Error::Usage(
+                "no repository given: pass --repo PATH|s3:URL or set CAIRN_REPOSITORY".into(),
+            )
+        })?;
+        crate::backend::Location::parse(r, &self.options)
     }
 
     /// The password from --password-file, $CAIRN_PASSWORD, or a terminal prompt.
@@ -146,7 +155,7 @@ impl Cli {
     }
 
     pub fn open(&self) -> Result<Repository> {
-        let mut repo = Repository::open(&self.repo_path()?, &|| self.password(false))?;
+        let mut repo = Repository::open_at(&self.location()?, &|| self.password(false))?;
         repo.lock_wait = std::time::Duration::from_secs(self.retry_lock.unwrap_or(0).max(0) as u64);
         Ok(repo)
     }
@@ -167,6 +176,12 @@ pub fn plural(n: usize, what: &str) -> String {
     } else {
         format!("{n} {what}s")
     }
+}
+
+fn parse_option(s: &str) -> std::result::Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 /// Bytes as users read them (KiB, MiB, GiB).

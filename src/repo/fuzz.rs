@@ -877,7 +877,7 @@ fn file_case<T: 'static>(
         ),
         Naming::OldName => original.to_string(),
     };
-    let path = f.repo.path.join(&name);
+    let path = std::path::PathBuf::from(&f.repo.location).join(&name);
     let before = std::fs::read(&path).ok();
     let changed = before.as_deref() != Some(&bytes[..]);
     let strict = strict || naming == Naming::OldName;
@@ -941,7 +941,7 @@ fn whole_files<T: 'static>(
     payload_fields: &[Field],
     read: fn(&Repository, &str) -> Result<T>,
 ) {
-    let base = std::fs::read(f.repo.path.join(original)).unwrap();
+    let base = std::fs::read(std::path::PathBuf::from(&f.repo.location).join(original)).unwrap();
     let payload = envelope::decode_file(kind, f.keys(), &base, original).unwrap();
     let fields = trailer_fields(&base);
     let [raw, old_name, resealed] = names.map(Target::new);
@@ -1657,7 +1657,7 @@ fn fuzz_configs() {
             std::fs::write(scratch.join("config"), &m).unwrap();
             let s = scratch.clone();
             t.run(case, &m, move || {
-                match Repository::open(&s, &|| Ok(PASSWORD.into())) {
+                match Repository::open(s.as_path(), &|| Ok(PASSWORD.into())) {
                     Ok(r) => config_problem(&r.config).map_or(Verdict::Decoded, Verdict::Wrong),
                     Err(_) => Verdict::Refused,
                 }

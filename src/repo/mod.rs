@@ -23,7 +23,7 @@ pub mod packer;
 #[cfg(test)]
 mod fuzz;
 
-use crate::backend::{Backend, LocalBackend};
+use crate::backend::{Backend, Location};
 use crate::crypto::{random_bytes, KdfParams, Keys};
 use crate::error::{Error, Result};
 use crate::Id;
@@ -32,7 +32,7 @@ use config::{ChunkerParams, Config, KeyFile, CIPHER_NAME_AES, CIPHER_NAME_NONE, 
 use envelope::FileKind;
 use index::IndexFile;
 use lock::{Lock, LockKind};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Nanoseconds since the epoch, never 0.
@@ -76,7 +76,8 @@ pub struct Repository {
     pub backend: Arc<dyn Backend>,
     pub config: Config,
     pub keys: Keys,
-    pub path: PathBuf,
+    /// Where it is, for messages: a folder or an `s3:` URL.
+    pub location: String,
     cache_root: PathBuf,
     /// How long to wait for a conflicting lock before failing (`--retry-lock`).
     pub lock_wait: std::time::Duration,
@@ -98,7 +99,20 @@ pub fn default_cache_root() -> PathBuf {
 
 impl Repository {
     /// Creates a repository at `path`; `password` None means unencrypted.
-    pub fn init(path: &Path, password: Option<&str>, opts: &InitOptions) -> Result<Repository> {
+    pub fn init(
+        path: impl AsRef<std::ffi::OsStr>,
+        password: Option<&str>,
+        opts: &InitOptions,
+    ) -> Result<Repository> {
+        Self::init_at(&Location::parse(path.as_ref(), &[])?, password, opts)
+    }
+
+    /// Creates a repository at `loc`; `password` None means unencrypted.
+    pub fn init_at(
+        loc: &Location,
+        password: Option<&str>,
+        opts: &InitOptions,
+    ) -> Result<Repository> {
         opts.chunker.validate()?;
         if !opts.table_span.is_power_of_two() || opts.table_span < opts.chunker.segment_size as u64
         {
@@ -106,11 +120,11 @@ impl Repository {
                 "table span must be a power of two ≥ the segment size".into(),
             ));
         }
-        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
+        let backend = loc.open()?;
         if backend.size(files::CONFIG)?.is_some() {
             return Err(Error::Usage(format!(
                 "{} already holds a cairn repository; refusing to overwrite it",
-                path.display()
+                loc.display()
             )));
         }
         let (keys, cipher) = match password {
@@ -144,37 +158,44 @@ impl Repository {
             backend,
             config,
             keys,
-            path: path.to_path_buf(),
+            location: loc.display(),
             cache_root: default_cache_root(),
             lock_wait: std::time::Duration::ZERO,
         })
     }
 
     /// Opens the repository at `path`, asking `password` only if it is encrypted.
-    pub fn open(path: &Path, password: &dyn Fn() -> Result<String>) -> Result<Repository> {
-        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
+    pub fn open(
+        path: impl AsRef<std::ffi::OsStr>,
+        password: &dyn Fn() -> Result<String>,
+    ) -> Result<Repository> {
+        Self::open_at(&Location::parse(path.as_ref(), &[])?, password)
+    }
+
+    /// Opens the repository at `loc`, asking `password` only if it is encrypted.
+    pub fn open_at(loc: &Location, password: &dyn Fn() -> Result<String>) -> Result<Repository> {
+        let backend = loc.open()?;
+        let path = loc.display();
         let raw = match backend.size(files::CONFIG)? {
             Some(_) => backend.get(files::CONFIG)?,
-            None => return Err(Error::NotARepository(path.to_path_buf())),
+            None => return Err(Error::NotARepository(path)),
         };
         #[derive(serde::Deserialize)]
         struct Version {
             version: u32,
         }
-        let v: Version = serde_json::from_slice(&raw).map_err(|e| {
-            Error::corrupt_root(format!("{}/config", path.display()), e.to_string())
-        })?;
+        let v: Version = serde_json::from_slice(&raw)
+            .map_err(|e| Error::corrupt_root(format!("{path}/config"), e.to_string()))?;
         if v.version != REPO_VERSION {
             return Err(Error::UnsupportedVersion {
-                path: path.to_path_buf(),
+                path: path.clone(),
                 found: v.version,
                 supported: REPO_VERSION,
                 hint: "use the cairn release that wrote it, or a newer one",
             });
         }
-        let config: Config = serde_json::from_slice(&raw).map_err(|e| {
-            Error::corrupt_root(format!("{}/config", path.display()), e.to_string())
-        })?;
+        let config: Config = serde_json::from_slice(&raw)
+            .map_err(|e| Error::corrupt_root(format!("{path}/config"), e.to_string()))?;
         let keys = if config.encrypted() {
             let pw = password()?;
             let mut found = None;
@@ -201,7 +222,7 @@ impl Repository {
             match (found, damaged) {
                 (Some(m), _) => Keys::from_master(m),
                 (None, Some(e)) => return Err(e),
-                (None, None) => return Err(Error::WrongPassword(path.to_path_buf())),
+                (None, None) => return Err(Error::WrongPassword(path)),
             }
         } else {
             Keys::unencrypted()
@@ -239,7 +260,7 @@ impl Repository {
             backend,
             config,
             keys,
-            path: path.to_path_buf(),
+            location: loc.display(),
             cache_root: default_cache_root(),
             lock_wait: std::time::Duration::ZERO,
         })

@@ -48,17 +48,28 @@ impl<'a> Packer<'a> {
     /// A new packing session, with its own salt and so its own sealing key.
     pub fn new(repo: &'a Repository) -> Packer<'a> {
         let header = FileHeader::new(FileKind::Pack, &repo.keys);
+        // Object storage gets several uploads in flight (each waits on the network); a
+        // folder one. Memory: at most that many packs, plus one queued.
+        let n = repo.backend.parallel_writes().clamp(1, 8);
         let (up_tx, up_rx) = sync_channel::<Upload>(1);
+        let up_rx = std::sync::Arc::new(std::sync::Mutex::new(up_rx));
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let backend = repo.backend.clone();
         let uploader = std::thread::spawn(move || {
-            for u in up_rx {
-                let r = backend.put(&u.name, &u.bytes).map(|()| u.entry);
-                let failed = r.is_err();
-                if done_tx.send(r).is_err() || failed {
-                    return;
+            std::thread::scope(|s| {
+                for _ in 0..n {
+                    let (up_rx, done_tx, backend) = (up_rx.clone(), done_tx.clone(), &backend);
+                    s.spawn(move || loop {
+                        let next = up_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(u) = next else { return };
+                        let r = backend.put(&u.name, &u.bytes).map(|()| u.entry);
+                        let failed = r.is_err();
+                        if done_tx.send(r).is_err() || failed {
+                            return;
+                        }
+                    });
                 }
-            }
+            });
         });
         Packer {
             repo,
