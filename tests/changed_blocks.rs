@@ -20,7 +20,7 @@ fn stderr(o: &std::process::Output) -> String {
 /// The chunk table ids of disk `disk` in snapshot `id` (read with the library).
 fn tables(env: &Env, id: &str, disk: &str) -> Vec<Option<cairn::Id>> {
     std::env::set_var("CAIRN_CACHE_DIR", env.path("cache"));
-    let repo = cairn::repo::Repository::open(&env.repo, &|| Ok(env.password.clone())).unwrap();
+    let repo = cairn::repo::Repository::open(&env.url, &|| Ok(env.password.clone())).unwrap();
     let (_, snap) = cairn::snapshot::resolve(&repo, id).unwrap();
     snap.disks
         .iter()
@@ -373,7 +373,7 @@ fn set_bitmap_in_use(img: &Path) {
 #[allow(dead_code)]
 fn diff_tables(env: &Env, a: &str, b: &str, disk: &str) {
     std::env::set_var("CAIRN_CACHE_DIR", env.path("cache"));
-    let repo = cairn::repo::Repository::open(&env.repo, &|| Ok(env.password.clone())).unwrap();
+    let repo = cairn::repo::Repository::open(&env.url, &|| Ok(env.password.clone())).unwrap();
     let cache = repo.index_cache().unwrap();
     let r = cache.reader().unwrap();
     let ta = tables(env, a, disk);

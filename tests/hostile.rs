@@ -352,7 +352,7 @@ fn planted_names_never_escape_the_target() {
     make_random_image(&img, 4 * MIB, MIB, 5);
     std::fs::write(dir.join("vm.conf"), "x").unwrap();
     env.backup("vm", &[&dir], &[]);
-    let repo = cairn::repo::Repository::open(&env.repo, &|| Ok(String::new())).unwrap();
+    let repo = cairn::repo::Repository::open(&env.url, &|| Ok(String::new())).unwrap();
     let (_, mut snap) = cairn::snapshot::resolve(&repo, "vm:latest").unwrap();
     for bad in ["../escaped", "/tmp/cairn-escaped-abs"] {
         snap.files[0].name = cairn::snapshot::Name::new(bad);

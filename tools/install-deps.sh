@@ -13,6 +13,11 @@ missing=()
 for tool in "${!pkg[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/sbin:/usr/sbin" command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg[$tool]}")
 done
+# The S3 server the tests start on loopback (a Rust crate, not a Debian package).
+if ! command -v s3s-fs >/dev/null 2>&1 && ! [ -x "$HOME/.cargo/bin/s3s-fs" ]; then
+  echo "installing s3s-fs (cargo install)" >&2
+  cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 if [ "$(id -u)" -ne 0 ]; then

@@ -8,11 +8,38 @@ use std::process::{Command, Output, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
-/// A scratch folder with a repository path, a cache and a password, torn down on drop.
+/// A scratch folder with a repository, a cache and a password, torn down on drop.
+///
+/// With `CAIRN_TEST_BACKEND=s3` the repository lives on a real S3 server (`s3s-fs`,
+/// started for this test on a free loopback port): every integration test then runs
+/// against object storage. `s3s-fs` keeps each object as a plain file under
+/// `<root>/<bucket>/<key>`, so `repo` still points at the repository's objects and tests
+/// can look at (and damage) them as on a local repository.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// The repository's objects on the local filesystem.
     pub repo: PathBuf,
     pub password: String,
+    /// `s3:http://127.0.0.1:PORT/bkt/repo` on S3, else the path of `repo`.
+    pub url: String,
+    s3: Option<std::process::Child>,
+}
+
+pub const S3_KEY: &str = "cairntest";
+pub const S3_SECRET: &str = "cairntestsecret";
+
+/// True when the integration tests run against S3.
+pub fn on_s3() -> bool {
+    std::env::var("CAIRN_TEST_BACKEND").is_ok_and(|v| v == "s3")
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.s3 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Env {
@@ -21,11 +48,45 @@ impl Env {
             .prefix("cairn-test-")
             .tempdir_in(scratch_root())
             .unwrap();
-        let repo = dir.path().join("repo");
+        if !on_s3() {
+            let repo = dir.path().join("repo");
+            return Env {
+                url: repo.display().to_string(),
+                dir,
+                repo,
+                password: "correct horse".into(),
+                s3: None,
+            };
+        }
+        let root = dir.path().join("s3");
+        std::fs::create_dir_all(root.join("bkt")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs (cargo install s3s-fs --features binary) is needed with CAIRN_TEST_BACKEND=s3");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // For tests that open the repository through the library.
+        std::env::set_var("AWS_ACCESS_KEY_ID", S3_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", S3_SECRET);
         Env {
+            url: format!("s3:http://127.0.0.1:{port}/bkt/repo"),
+            repo: root.join("bkt/repo"),
             dir,
-            repo,
             password: "correct horse".into(),
+            s3: Some(child),
         }
     }
 
@@ -37,7 +98,9 @@ impl Env {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.args(args)
-            .env("CAIRN_REPOSITORY", &self.repo)
+            .env("CAIRN_REPOSITORY", &self.url)
+            .env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
             .env("CAIRN_PASSWORD", &self.password)
             .env("CAIRN_CACHE_DIR", self.dir.path().join("cache"))
             .env_remove("CAIRN_PASSWORD_FILE")
