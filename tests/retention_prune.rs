@@ -133,12 +133,28 @@ fn forget_daily_weekly_then_prune_keeps_exactly_the_policy() {
     let mut want: Vec<String> = expect;
     want.sort();
     assert_eq!(kept, want);
+    // Two-phase: the unused packs are recorded, not deleted; a prune after the grace
+    // period deletes them.
+    assert_eq!(out["prune"]["mode"], "two-phase");
+    assert!(out["prune"]["packs_pending"].as_u64().unwrap() > 0, "{out}");
+    assert_eq!(out["prune"]["packs_deleted"], 0, "{out}");
+    let wait: serde_json::Value = serde_json::from_str(&env.ok(&["prune", "--json"])).unwrap();
+    assert_eq!(wait["packs_deleted"], 0, "{wait}");
+    let waiting = wait["records_waiting"][0].as_str().unwrap_or_default();
+    assert!(waiting.contains("due at 3600 s"), "{wait}");
+    let out: serde_json::Value =
+        serde_json::from_str(&env.ok(&["prune", "--grace", "0s", "--json"])).unwrap();
+    assert_eq!(out["records_swept"], 1, "{out}");
     let after = data_bytes(&env);
     assert!(
         after < before * 85 / 100,
         "prune freed too little: {before} -> {after}: {out}"
     );
-    assert!(out["prune"]["bytes_freed"].as_i64().unwrap() > 0);
+    assert!(out["bytes_freed"].as_i64().unwrap() > 0);
+    assert!(
+        env.list("pending").is_empty(),
+        "the swept record is still there"
+    );
     let check = env.ok(&["check", "--read-data"]);
     assert!(check.contains("no problems found"), "{check}");
     restore_all(&env, &sums);
@@ -188,43 +204,92 @@ fn protected_snapshots_and_stored_policies() {
 
 #[test]
 fn prune_killed_at_each_step_leaves_a_sound_repository() {
-    for point in ["repack", "index", "delete"] {
+    // (mode, point): exclusive deletes at once; two-phase records, then a second run
+    // with no grace period sweeps.
+    let points = [
+        ("--exclusive", "repack"),
+        ("--exclusive", "index"),
+        ("--exclusive", "delete"),
+        ("", "repack"),
+        ("", "record"),
+        ("sweep", "sweep-index"),
+        ("sweep", "sweep-delete"),
+    ];
+    for (mode, point) in points {
         let env = Env::new();
         let (sums, _) = six_weeks(&env);
         env.ok(&["forget", "--keep-daily", "3", "--keep-weekly", "2"]);
+        let before = data_bytes(&env);
+        let mut args = vec!["prune"];
+        match mode {
+            "--exclusive" => args.push(mode),
+            "sweep" => {
+                env.ok(&["prune"]);
+                args.extend(["--grace", "0s"]);
+            }
+            _ => {}
+        }
         let o = env
-            .cmd(&["prune"])
+            .cmd(&args)
             .env("CAIRN_CRASH_AT", point)
             .output()
             .unwrap();
         assert_eq!(
             o.status.signal(),
             Some(9),
-            "prune did not reach point {point}: {o:?}"
+            "prune {mode} did not reach point {point}: {o:?}"
         );
         let check = env.ok(&["check", "--read-data"]);
         assert!(
             check.contains("no problems found"),
-            "after a crash at {point}: {check}"
+            "after a crash at {point} ({mode}): {check}"
         );
         restore_all(&env, &sums);
-        // The next prune (the dead one's lock is stale) finishes the job.
-        env.ok(&["prune"]);
+        // The next prunes (the dead one's lock is stale) finish the job: one completes or
+        // records, the next sweeps.
+        env.ok(&["prune", "--grace", "0s"]);
+        env.ok(&["prune", "--grace", "0s"]);
+        assert!(
+            env.list("pending").is_empty(),
+            "{point} ({mode}): a record is left"
+        );
+        let after = data_bytes(&env);
+        assert!(
+            after < before * 85 / 100,
+            "{point} ({mode}): {before} -> {after}"
+        );
         env.ok(&["check", "--read-data"]);
         restore_all(&env, &sums);
     }
 }
 
+/// Stops (`STOP`) or resumes (`CONT`) a process.
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
 #[test]
 fn prune_during_a_running_backup_never_removes_its_chunks() {
     let env = Env::new();
-    let (sums, _) = six_weeks(&env);
+    let (mut sums, ids) = six_weeks(&env);
+    // The oldest vm-a image: most of what later backups overwrote is in it, and forget is
+    // about to release that.
+    let old = env.path("old");
+    env.ok(&[
+        "restore",
+        &ids["vm-a"][0],
+        "--target",
+        old.to_str().unwrap(),
+    ]);
+    let shared = std::fs::read(old.join("vm-a.img")).unwrap();
     env.ok(&["forget", "--keep-last", "1"]);
     let big = env.path("big.img");
-    make_random_image(&big, 2 << 30, 1536 << 20, 77);
-    // The new image shares data with the old snapshots that forget just released.
-    let old = env.path("vm-a.img");
-    let shared = std::fs::read(&old).unwrap();
+    make_random_image(&big, 1 << 30, 768 << 20, 77);
     std::os::unix::fs::FileExt::write_all_at(
         &std::fs::File::options().write(true).open(&big).unwrap(),
         &shared,
@@ -233,6 +298,8 @@ fn prune_during_a_running_backup_never_removes_its_chunks() {
     .unwrap();
     let want = sha256(&big);
 
+    // A backup that dedups against the released data, frozen mid-way (real SIGSTOP), so
+    // every prune below runs while it holds its lock.
     let packs_before = env.packs().len();
     let mut backup = env
         .cmd(&["backup", "--vm", "big", "--json", big.to_str().unwrap()])
@@ -245,29 +312,51 @@ fn prune_during_a_running_backup_never_removes_its_chunks() {
         assert!(Instant::now() < deadline, "the backup wrote no pack");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // A prune now is refused, naming the backup that holds the repository.
-    let o = env.run(&["prune"]);
+    signal(&backup, "STOP");
+    // An exclusive prune is refused, naming the backup.
+    let o = env.run(&["prune", "--exclusive"]);
     let e = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(11), "{e}");
     assert!(e.contains("backup --vm big") && e.contains("pid"), "{e}");
-    // A scheduled prune waits for it instead.
-    let waiting = env
-        .cmd(&["prune", "--retry-lock", "5m"])
+    // The default prune runs beside it and records the released packs.
+    let first: serde_json::Value = serde_json::from_str(&env.ok(&["prune", "--json"])).unwrap();
+    assert!(first["packs_pending"].as_u64().unwrap() > 0, "{first}");
+    // Even with no grace period nothing goes while the backup that may not know of the
+    // record runs.
+    let early: serde_json::Value =
+        serde_json::from_str(&env.ok(&["prune", "--grace", "0s", "--json"])).unwrap();
+    assert_eq!(early["packs_deleted"], 0, "{early}");
+    let why = early["records_waiting"].to_string();
+    assert!(why.contains("waiting for locks/"), "{early}");
+    // A scheduled exclusive prune waits for the lock instead of failing.
+    let mut waiting = env
+        .cmd(&["prune", "--exclusive", "--retry-lock", "5m"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(backup.wait().unwrap().success());
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(backup.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "the exclusive prune did not wait"
+    );
+    signal(&waiting, "STOP");
+    signal(&backup, "CONT");
+    let o = backup.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    sums.insert(r["snapshot"].as_str().unwrap().to_string(), want.clone());
+    // Now the record is due: marking again finds that the backup used recorded packs,
+    // and those stay.
+    let sweep: serde_json::Value =
+        serde_json::from_str(&env.ok(&["prune", "--grace", "0s", "--json"])).unwrap();
+    assert_eq!(sweep["records_swept"], 1, "{sweep}");
+    assert!(sweep["packs_resurrected"].as_u64().unwrap() > 0, "{sweep}");
+    signal(&waiting, "CONT");
     let o = waiting.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     env.ok(&["check", "--read-data"]);
-    let out = env.path("out");
-    env.ok(&["restore", "big:latest", "--target", out.to_str().unwrap()]);
-    assert_eq!(sha256(&out.join("big.img")), want);
-    std::fs::remove_dir_all(&out).unwrap();
-    let _ = sums;
+    restore_all(&env, &sums);
 }
 
 #[test]

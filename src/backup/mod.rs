@@ -21,6 +21,7 @@ use crate::repo::Repository;
 use crate::snapshot::{self, Disk, Snapshot, Summary, MANIFEST_VERSION};
 use crate::vm::Item;
 use crate::{Error, Result};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -128,6 +129,8 @@ pub fn run(
     let mut warnings = inv.warnings;
     let mut sources: Vec<Item> = inv.disks.into_iter().chain(inv.files).collect();
     let lock = repo.lock(LockKind::Shared, &format!("backup --vm {}", opts.vm))?;
+    // Read after the lock is held: a prune that records later waits for this backup.
+    let avoid = crate::gc::pending::candidates(repo)?;
     let cache = Arc::new(repo.index_cache()?);
     let loaded = snapshot::load_all(repo)?;
     warnings.extend(loaded.warning());
@@ -144,7 +147,10 @@ pub fn run(
         let reader = cache.reader()?;
         for (i, src) in sources.iter().enumerate() {
             let reused = (!opts.force_read)
-                .then(|| unchanged_disk(repo, parent.as_ref().map(|p| &p.1), src, span, &reader))
+                .then(|| {
+                    let parent = parent.as_ref().map(|p| &p.1);
+                    unchanged_disk(repo, parent, src, span, &reader, &avoid)
+                })
                 .transpose()?
                 .flatten();
             if reused.is_none() {
@@ -173,6 +179,15 @@ pub fn run(
             src.image.as_ref(),
             span,
         ) {
+            changes::Plan::Incremental { parent: pd, .. }
+                if !usable(repo, &cache.reader()?, pd, &avoid)? =>
+            {
+                warnings.push(format!(
+                    "{}: reading the whole disk: the parent's data is not all in the index, or a prune is collecting it",
+                    src.name
+                ));
+                full.push(i);
+            }
             changes::Plan::Incremental { map, parent: pd } => {
                 incremental.push((i, map, pd.clone()));
                 if opts.changes.verify {
@@ -256,7 +271,7 @@ pub fn run(
     total += incremental.iter().map(|(_, m, _)| m.bytes()).sum::<u64>();
     let bar = crate::progress::bytes_bar(total, "backup", opts.quiet);
     let budget = (total as f64 * opts.rewrite_budget.clamp(0.0, 1.0)) as u64;
-    let mut session = Session::new(repo, &cache, budget);
+    let mut session = Session::new(repo, &cache, &avoid, budget);
     let mut inc_tables: Vec<(
         usize,
         Vec<Option<crate::Id>>,
@@ -534,14 +549,15 @@ fn allocated_bytes(img: &dyn crate::image::DiskImage, span: u64) -> Result<u64> 
     Ok(total)
 }
 
-/// The parent's record of this disk, if the source file is provably unchanged and every
-/// table it names is still in the index.
+/// The parent's record of this disk, if the source file is provably unchanged and the
+/// parent's disk is `usable`.
 fn unchanged_disk(
     repo: &Repository,
     parent: Option<&Snapshot>,
     src: &Item,
     span: u64,
     reader: &crate::repo::cache::CacheReader,
+    avoid: &HashSet<crate::Id>,
 ) -> Result<Option<Disk>> {
     let (Some(parent), Some(stamp)) = (parent, src.image.stamp()) else {
         return Ok(None);
@@ -552,24 +568,39 @@ fn unchanged_disk(
     if d.stamp != Some(stamp) || d.table_span != span || d.format != src.format {
         return Ok(None);
     }
-    // Every chunk must still be in the index: after `repair packs` dropped a damaged
-    // blob, reusing the old tables would make this snapshot unrestorable too, while
-    // reading the disk stores the blob again. Tables checked once are remembered.
+    Ok(usable(repo, reader, d, avoid)?.then(|| d.clone()))
+}
+
+/// True if a new snapshot may reference the parent's tables of disk `d` as they are:
+/// every table and chunk is in the index (after `repair packs` dropped a damaged blob,
+/// reusing them would make this snapshot unrestorable too, while reading the disk stores
+/// the blob again), and none only in a pack a prune recorded as unused (it may be deleted
+/// under this backup). Tables found complete once are remembered, while nothing is
+/// recorded.
+fn usable(
+    repo: &Repository,
+    reader: &crate::repo::cache::CacheReader,
+    d: &Disk,
+    avoid: &HashSet<crate::Id>,
+) -> Result<bool> {
+    let present = |id: &crate::Id| -> Result<bool> {
+        Ok(reader.get(id)?.is_some_and(|l| !avoid.contains(&l.pack)))
+    };
     for t in d.tables.iter().flatten() {
-        if reader.is_complete(t)? {
+        if avoid.is_empty() && reader.is_complete(t)? {
             continue;
         }
-        if !reader.contains(t)? {
-            return Ok(None);
+        if !present(t)? {
+            return Ok(false);
         }
         let table = snapshot::load_table(repo, reader, t)?;
         for id in table.extents.iter().filter_map(|e| e.id) {
-            if !reader.contains(&id)? {
-                return Ok(None);
+            if !present(&id)? {
+                return Ok(false);
             }
         }
     }
-    Ok(Some(d.clone()))
+    Ok(true)
 }
 
 /// The default `--time`: now, in the local offset.

@@ -14,14 +14,14 @@
 use crate::chunker::Chunker;
 use crate::crypto::Sealer;
 use crate::repo::blobs::Claims;
-use crate::repo::cache::IndexCache;
+use crate::repo::cache::{CacheReader, IndexCache};
 use crate::repo::pack::{seal_blob, BlobKind, SealedBlob};
 use crate::repo::packer::{Packer, WrittenIndex};
 use crate::repo::Repository;
 use crate::snapshot::{ChunkTable, Extent};
 use crate::vm::Item;
 use crate::{Error, Id, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -67,6 +67,9 @@ pub(super) struct Shared<'a> {
     pub(super) claims: Claims,
     /// What of the old chunks is stored again next to the new ones.
     pub(super) capping: super::capping::Capping,
+    /// Packs a prune recorded as unused (gc::pending): a blob only they hold counts as
+    /// absent and is stored again, since a later prune may delete them under this backup.
+    pub(super) avoid: &'a HashSet<Id>,
 }
 
 /// The writer's state: the packer and counters.
@@ -88,6 +91,7 @@ impl<'a> Session<'a> {
     pub(super) fn new(
         repo: &'a Repository,
         cache: &'a IndexCache,
+        avoid: &'a HashSet<Id>,
         rewrite_budget: u64,
     ) -> Session<'a> {
         // One salt, hence one sealing key, for all packs of this session.
@@ -100,6 +104,7 @@ impl<'a> Session<'a> {
                 chunker: Chunker::new(repo.config.chunker, repo.keys.chunker_seed()),
                 claims: Claims::default(),
                 capping: super::capping::Capping::new(rewrite_budget, crate::repo::now_ns()),
+                avoid,
             },
             w: Writer {
                 packer,
@@ -207,7 +212,7 @@ impl Writer<'_> {
         }
         let plain = table.encode();
         let id = sh.repo.keys.chunk_id(&plain);
-        if !sh.cache.reader()?.contains(&id)? && sh.claims.claim(id) {
+        if sh.known(&sh.cache.reader()?, &id)?.is_none() && sh.claims.claim(id) {
             let blob = seal_blob(
                 &sh.sealer,
                 BlobKind::Table,
@@ -229,6 +234,14 @@ impl Writer<'_> {
 }
 
 impl Shared<'_> {
+    /// Where the index has blob `id` (pack, time written), unless only in a pack to avoid.
+    pub(super) fn known(&self, reader: &CacheReader, id: &Id) -> Result<Option<(Id, u64)>> {
+        Ok(reader
+            .get(id)?
+            .filter(|l| !self.avoid.contains(&l.pack))
+            .map(|l| (l.pack, l.created)))
+    }
+
     fn chunk_segment(&self, seg: Segment) -> Result<Chunked> {
         let Some(buf) = &seg.buf else {
             return Ok(Chunked {
@@ -291,7 +304,7 @@ impl Shared<'_> {
                 len: p.len as u32,
                 id: Some(id),
             });
-            found.push((p, id, reader.get(&id)?.map(|l| (l.pack, l.created))));
+            found.push((p, id, self.known(&reader, &id)?));
         }
         let old: Vec<(u64, Option<(Id, u64)>)> =
             found.iter().map(|(p, _, l)| (p.len as u64, *l)).collect();

@@ -1,6 +1,5 @@
 use super::Cli;
 use crate::forget::{self, ForgetOptions, GroupBy};
-use crate::gc::PruneOptions;
 use crate::retention::{parse_duration, Policy};
 use crate::Result;
 
@@ -71,8 +70,8 @@ pub struct Args {
     #[arg(long)]
     prune: bool,
     /// With --prune: see `cairn prune --help`.
-    #[arg(long, default_value = "5%", value_parser = super::prune::parse_share)]
-    max_unused: f64,
+    #[command(flatten)]
+    collect: super::prune::CollectArgs,
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
@@ -94,11 +93,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
         );
     }
     let pruned = if a.prune {
-        let p = PruneOptions {
-            max_unused: a.max_unused,
-            dry_run: a.dry_run,
-            quiet: cli.quiet,
-        };
+        let p = a.collect.options(a.dry_run, cli.quiet);
         Some(crate::gc::prune(&repo, &p)?)
     } else {
         None

@@ -205,7 +205,7 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 
 /// Parses a wait such as `90s`, `30m`, `2h` or `1h30m` (a bare number is seconds) into
 /// seconds. Unlike retention periods, `m` means minutes here.
-fn parse_wait(s: &str) -> std::result::Result<i64, String> {
+pub(crate) fn parse_wait(s: &str) -> std::result::Result<i64, String> {
     let bad = || format!("{s:?} is not a wait (examples: 90s, 30m, 2h)");
     if let Ok(n) = s.parse::<i64>() {
         return Ok(n.max(0));

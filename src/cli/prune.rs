@@ -4,12 +4,38 @@ use crate::Result;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Repack a pack when more than this share of it is unused ("5%", "0.05" or "unlimited").
-    #[arg(long, default_value = "5%", value_parser = parse_share)]
-    max_unused: f64,
+    #[command(flatten)]
+    collect: CollectArgs,
     /// Show what would be deleted and repacked, change nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// How prune collects, shared by `prune` and `forget --prune`.
+#[derive(clap::Args, Debug)]
+pub struct CollectArgs {
+    /// Repack a pack when more than this share of it is unused ("5%", "0.05" or "unlimited").
+    #[arg(long, default_value = "5%", value_parser = parse_share)]
+    max_unused: f64,
+    /// Take the exclusive lock and delete at once; backups wait. By default prune runs
+    /// beside backups: it records what is unused and a later prune deletes it.
+    #[arg(long)]
+    exclusive: bool,
+    /// Two-phase: how long a record waits before its packs are deleted (e.g. 1h, 30m, 0s).
+    #[arg(long, default_value = "1h", value_parser = super::parse_wait)]
+    grace: i64,
+}
+
+impl CollectArgs {
+    pub fn options(&self, dry_run: bool, quiet: bool) -> PruneOptions {
+        PruneOptions {
+            max_unused: self.max_unused,
+            dry_run,
+            quiet,
+            exclusive: self.exclusive,
+            grace: std::time::Duration::from_secs(self.grace.max(0) as u64),
+        }
+    }
 }
 
 pub fn parse_share(s: &str) -> std::result::Result<f64, String> {
@@ -41,18 +67,26 @@ pub fn print(r: &PruneReport) {
         human(r.bytes_freed.max(0) as u64),
         r.duration_secs
     );
+    if r.packs_pending > 0 {
+        println!(
+            "  {} unused packs recorded; a prune after the grace period deletes them (or run with --exclusive)",
+            r.packs_pending
+        );
+    }
+    if r.packs_resurrected > 0 {
+        println!(
+            "  {} recorded packs kept: backups since use them",
+            r.packs_resurrected
+        );
+    }
+    for w in &r.records_waiting {
+        println!("  waiting: {w}");
+    }
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
     let repo = cli.open()?;
-    let r = gc::prune(
-        &repo,
-        &PruneOptions {
-            max_unused: a.max_unused,
-            dry_run: a.dry_run,
-            quiet: cli.quiet,
-        },
-    )?;
+    let r = gc::prune(&repo, &a.collect.options(a.dry_run, cli.quiet))?;
     if cli.json {
         cli.print_json(&r);
     } else {

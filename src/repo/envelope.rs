@@ -18,6 +18,8 @@ pub enum FileKind {
     Index,
     Snapshot,
     Policies,
+    /// A two-phase prune's record of what it would delete.
+    Pending,
 }
 
 impl FileKind {
@@ -35,6 +37,7 @@ impl FileKind {
             FileKind::Index => b"CRNI",
             FileKind::Snapshot => b"CRNS",
             FileKind::Policies => b"CRNL",
+            FileKind::Pending => b"CRNG",
         }
     }
 }

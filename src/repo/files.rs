@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! config  keys/<hex>  data/<hh>/<id>  index/<id>  snapshots/<id>  locks/<hex>
-//! policies  protected/<id>
+//! policies  protected/<id>  pending/<hex>
 //! ```
 
 use crate::Id;
@@ -22,6 +22,8 @@ pub enum Folder {
     Snapshots,
     Locks,
     Protected,
+    /// Two-phase prune records.
+    Pending,
 }
 
 impl Folder {
@@ -33,6 +35,7 @@ impl Folder {
             Folder::Snapshots => "snapshots",
             Folder::Locks => "locks",
             Folder::Protected => "protected",
+            Folder::Pending => "pending",
         }
     }
 }
@@ -78,6 +81,11 @@ pub fn key(id: &Id) -> String {
 /// A lock file; `tag` is its random name.
 pub fn lock(tag: &str) -> String {
     format!("locks/{tag}")
+}
+
+/// A prune's record of packs to delete later; `tag` is its random name.
+pub fn pending(tag: &str) -> String {
+    format!("pending/{tag}")
 }
 
 pub fn protected(id: &Id) -> String {

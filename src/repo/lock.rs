@@ -23,6 +23,20 @@ pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 pub enum LockKind {
     Shared,
     Exclusive,
+    /// A two-phase prune: runs beside backups and readers (shared locks), never beside
+    /// another prune or an exclusive lock.
+    Prune,
+}
+
+impl LockKind {
+    /// Whether locks of these kinds may be held at the same time.
+    pub fn conflicts(self, other: LockKind) -> bool {
+        use LockKind::*;
+        matches!(
+            (self, other),
+            (Exclusive, _) | (_, Exclusive) | (Prune, Prune)
+        )
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -174,10 +188,7 @@ impl Lock {
                 continue;
             }
             let (conflicts, holder) = match &other.info {
-                Some(t) => (
-                    kind == LockKind::Exclusive || t.kind == LockKind::Exclusive,
-                    t.describe(),
-                ),
+                Some(t) => (kind.conflicts(t.kind), t.describe()),
                 None => (
                     true,
                     "a lock file that cannot be read (damaged, or written by a newer cairn); \
@@ -240,6 +251,11 @@ impl Lock {
             refreshed,
             longest_gap,
         })
+    }
+
+    /// The lock file's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Fails if the lock file could not be refreshed (the repository went away, or someone

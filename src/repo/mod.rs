@@ -272,6 +272,7 @@ impl Repository {
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshots",
             FileKind::Policies => "",
+            FileKind::Pending => "pending",
         }
     }
 

@@ -139,6 +139,16 @@ impl Env {
         self.ok(&args);
     }
 
+    /// The files in folder `dir` of the repository (none if it does not exist).
+    pub fn list(&self, dir: &str) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = match std::fs::read_dir(self.repo.join(dir)) {
+            Ok(rd) => rd.map(|f| f.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        };
+        out.sort();
+        out
+    }
+
     pub fn packs(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for d in std::fs::read_dir(self.repo.join("data")).unwrap() {

@@ -1,0 +1,168 @@
+//! Planning: which copy of each needed blob is kept, and what becomes of each pack.
+
+use super::crash_point;
+use crate::repo::index::IndexFile;
+use crate::repo::pack::{pack_name, parse_pack, reseal_blob, PackEntry};
+use crate::repo::packer::Packer;
+use crate::repo::Repository;
+use crate::{Error, Id, Result};
+use std::collections::{HashMap, HashSet};
+
+/// What prune does with one pack.
+#[derive(Default)]
+pub struct PackPlan {
+    pub salt: [u8; 32],
+    pub keep: Vec<PackEntry>,
+    /// Offsets of the entries already counted, so each blob counts once.
+    seen: HashSet<u32>,
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// The plan for every pack, from every index file and the blobs in use.
+pub struct Plan {
+    /// Index files by name, as read.
+    pub index: Vec<(String, IndexFile)>,
+    pub packs: HashMap<Id, PackPlan>,
+    pub on_disk: HashMap<Id, u64>,
+    /// Packs with nothing in use.
+    pub delete: Vec<Id>,
+    /// Packs whose unused share exceeds the limit: their used blobs move, then they go.
+    pub repack: Vec<Id>,
+    /// Packs kept as they are.
+    pub keep: Vec<Id>,
+    /// Packs in `data/` that no index file names.
+    pub unreferenced: Vec<Id>,
+}
+
+impl Plan {
+    /// Reads every index file and decides. Of a blob stored twice, the copy named by the
+    /// newest index file is the one kept (a backup stores a copy again next to new data so
+    /// the newest snapshot reads contiguously; the old copy becomes garbage); ties keep
+    /// the first met.
+    pub fn make(repo: &Repository, used: &HashSet<Id>, max_unused: f64) -> Result<Plan> {
+        let on_disk = repo.list_packs()?;
+        let mut index = Vec::new();
+        for name in repo.index_files()? {
+            let idx = repo.read_index(&name)?;
+            index.push((name, idx));
+        }
+        let winners = winners(index.iter().map(|(_, i)| i), used);
+        let mut packs: HashMap<Id, PackPlan> = HashMap::new();
+        let mut unplaced: HashSet<Id> = used.clone();
+        for (_, idx) in &index {
+            for p in &idx.packs {
+                let plan = packs.entry(p.pack).or_default();
+                plan.salt = p.salt;
+                for e in &p.entries {
+                    // An interrupted prune leaves two index files naming the same blob.
+                    if !plan.seen.insert(e.offset) {
+                        continue;
+                    }
+                    plan.total_bytes += e.length as u64;
+                    let wins = winners
+                        .get(&e.id)
+                        .is_some_and(|w| (w.1, w.2) == (p.pack, e.offset));
+                    if wins && unplaced.remove(&e.id) {
+                        plan.used_bytes += e.length as u64;
+                        plan.keep.push(*e);
+                    }
+                }
+            }
+        }
+        if let Some(id) = unplaced.iter().next() {
+            return Err(Error::Other(format!(
+                "{} needed blobs (e.g. {}) vanished from the index while prune read it; \
+                 nothing was deleted",
+                unplaced.len(),
+                id.short()
+            )));
+        }
+        let (mut delete, mut repack, mut keep) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, plan) in &packs {
+            let unused = 1.0 - plan.used_bytes as f64 / plan.total_bytes.max(1) as f64;
+            if plan.keep.is_empty() {
+                delete.push(*id);
+            } else if !on_disk.contains_key(id) {
+                return Err(Error::Other(format!(
+                    "pack {} holds needed blobs but is missing; prune stops. Run `cairn check`",
+                    pack_name(id)
+                )));
+            } else if unused > max_unused {
+                repack.push(*id);
+            } else {
+                keep.push(*id);
+            }
+        }
+        let mut unreferenced: Vec<Id> = on_disk
+            .keys()
+            .filter(|p| !packs.contains_key(p))
+            .copied()
+            .collect();
+        delete.sort();
+        repack.sort();
+        keep.sort();
+        unreferenced.sort();
+        Ok(Plan {
+            index,
+            packs,
+            on_disk,
+            delete,
+            repack,
+            keep,
+            unreferenced,
+        })
+    }
+
+    /// Moves the used blobs of the packs to repack into new packs (verified and resealed,
+    /// still compressed as they were) and indexes them; returns the new index files.
+    pub fn repack(&self, repo: &Repository, quiet: bool) -> Result<(Vec<String>, usize)> {
+        let bytes_total: u64 = self.repack.iter().map(|p| self.packs[p].used_bytes).sum();
+        let bar = crate::progress::bytes_bar(bytes_total, "repack", quiet);
+        let mut written = Vec::new();
+        let mut packer = Packer::new(repo);
+        for (n, pack) in self.repack.iter().enumerate() {
+            let bytes = repo.backend.get(&pack_name(pack))?;
+            let contents = parse_pack(&repo.keys, pack, &bytes)?;
+            let old = contents.header.sealer(&repo.keys);
+            for e in &self.packs[pack].keep {
+                let stored = &bytes[e.offset as usize..e.offset as usize + e.length as usize];
+                let blob = reseal_blob(&repo.keys, &old, packer.sealer(), e, stored, pack)?;
+                if let Some(w) = packer.add(&blob)? {
+                    written.push(w.name);
+                }
+                bar.inc(e.length as u64);
+            }
+            if n == 0 {
+                crash_point("repack");
+            }
+        }
+        if let Some(w) = packer.finish()? {
+            written.push(w.name);
+        }
+        bar.finish_and_clear();
+        Ok((written, packer.packs_written))
+    }
+}
+
+/// For each blob in `used`: (index time, pack, offset) of the copy to keep.
+pub fn winners<'a>(
+    index: impl Iterator<Item = &'a IndexFile>,
+    used: &HashSet<Id>,
+) -> HashMap<Id, (u64, Id, u32)> {
+    let mut w: HashMap<Id, (u64, Id, u32)> = HashMap::with_capacity(used.len());
+    for idx in index {
+        for p in &idx.packs {
+            for e in &p.entries {
+                if !used.contains(&e.id) {
+                    continue;
+                }
+                let cur = w.entry(e.id).or_insert((idx.created, p.pack, e.offset));
+                if idx.created > cur.0 {
+                    *cur = (idx.created, p.pack, e.offset);
+                }
+            }
+        }
+    }
+    w
+}
