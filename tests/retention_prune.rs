@@ -301,7 +301,7 @@ fn prune_during_a_running_backup_never_removes_its_chunks() {
     // A backup that dedups against the released data, frozen mid-way (real SIGSTOP), so
     // every prune below runs while it holds its lock.
     let packs_before = env.packs().len();
-    let mut backup = env
+    let backup = env
         .cmd(&["backup", "--vm", "big", "--json", big.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
