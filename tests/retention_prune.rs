@@ -202,65 +202,89 @@ fn protected_snapshots_and_stored_policies() {
     env.ok(&["check", "--read-data"]);
 }
 
-#[test]
-fn prune_killed_at_each_step_leaves_a_sound_repository() {
-    // (mode, point): exclusive deletes at once; two-phase records, then a second run
-    // with no grace period sweeps.
-    let points = [
-        ("--exclusive", "repack"),
-        ("--exclusive", "index"),
-        ("--exclusive", "delete"),
-        ("", "repack"),
-        ("", "record"),
-        ("sweep", "sweep-index"),
-        ("sweep", "sweep-delete"),
-    ];
-    for (mode, point) in points {
-        let env = Env::new();
-        let (sums, _) = six_weeks(&env);
-        env.ok(&["forget", "--keep-daily", "3", "--keep-weekly", "2"]);
-        let before = data_bytes(&env);
-        let mut args = vec!["prune"];
-        match mode {
-            "--exclusive" => args.push(mode),
-            "sweep" => {
-                env.ok(&["prune"]);
-                args.extend(["--grace", "0s"]);
-            }
-            _ => {}
+/// Kills prune with SIGKILL at `point`, then checks the repository, restores everything,
+/// and lets the next prunes (the dead one's lock is stale) finish the job. `mode`:
+/// "--exclusive" deletes at once; "" records; "sweep" records first, then a run with no
+/// grace period sweeps and is the one killed.
+fn prune_killed_at(mode: &str, point: &str) {
+    let env = Env::new();
+    let (sums, _) = six_weeks(&env);
+    env.ok(&["forget", "--keep-daily", "3", "--keep-weekly", "2"]);
+    let before = data_bytes(&env);
+    let mut args = vec!["prune"];
+    match mode {
+        "--exclusive" => args.push(mode),
+        "sweep" => {
+            env.ok(&["prune"]);
+            args.extend(["--grace", "0s"]);
         }
-        let o = env
-            .cmd(&args)
-            .env("CAIRN_CRASH_AT", point)
-            .output()
-            .unwrap();
-        assert_eq!(
-            o.status.signal(),
-            Some(9),
-            "prune {mode} did not reach point {point}: {o:?}"
-        );
-        let check = env.ok(&["check", "--read-data"]);
-        assert!(
-            check.contains("no problems found"),
-            "after a crash at {point} ({mode}): {check}"
-        );
-        restore_all(&env, &sums);
-        // The next prunes (the dead one's lock is stale) finish the job: one completes or
-        // records, the next sweeps.
-        env.ok(&["prune", "--grace", "0s"]);
-        env.ok(&["prune", "--grace", "0s"]);
-        assert!(
-            env.list("pending").is_empty(),
-            "{point} ({mode}): a record is left"
-        );
-        let after = data_bytes(&env);
-        assert!(
-            after < before * 85 / 100,
-            "{point} ({mode}): {before} -> {after}"
-        );
-        env.ok(&["check", "--read-data"]);
-        restore_all(&env, &sums);
+        _ => {}
     }
+    let o = env
+        .cmd(&args)
+        .env("CAIRN_CRASH_AT", point)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.signal(),
+        Some(9),
+        "prune {mode} did not reach point {point}: {o:?}"
+    );
+    let check = env.ok(&["check", "--read-data"]);
+    assert!(
+        check.contains("no problems found"),
+        "after a crash at {point} ({mode}): {check}"
+    );
+    restore_all(&env, &sums);
+    // One run completes or records, the next sweeps.
+    env.ok(&["prune", "--grace", "0s"]);
+    env.ok(&["prune", "--grace", "0s"]);
+    assert!(
+        env.list("pending").is_empty(),
+        "{point} ({mode}): a record is left"
+    );
+    let after = data_bytes(&env);
+    assert!(
+        after < before * 85 / 100,
+        "{point} ({mode}): {before} -> {after}"
+    );
+    env.ok(&["check", "--read-data"]);
+    restore_all(&env, &sums);
+}
+
+#[test]
+fn exclusive_prune_killed_while_repacking() {
+    prune_killed_at("--exclusive", "repack");
+}
+
+#[test]
+fn exclusive_prune_killed_after_writing_the_index() {
+    prune_killed_at("--exclusive", "index");
+}
+
+#[test]
+fn exclusive_prune_killed_while_deleting() {
+    prune_killed_at("--exclusive", "delete");
+}
+
+#[test]
+fn prune_killed_while_repacking() {
+    prune_killed_at("", "repack");
+}
+
+#[test]
+fn prune_killed_between_the_two_writes_of_its_record() {
+    prune_killed_at("", "record");
+}
+
+#[test]
+fn sweep_killed_after_writing_the_index() {
+    prune_killed_at("sweep", "index");
+}
+
+#[test]
+fn sweep_killed_while_deleting() {
+    prune_killed_at("sweep", "delete");
 }
 
 /// Stops (`STOP`) or resumes (`CONT`) a process.

@@ -23,10 +23,9 @@ pub mod mark;
 pub mod pending;
 mod plan;
 
-use crate::repo::index::{IndexFile, IndexPack};
+use crate::repo::index::IndexFile;
 use crate::repo::lock::{list_locks, Lock, LockKind};
 use crate::repo::pack::pack_name;
-use crate::repo::packer::INDEX_FLUSH_ENTRIES;
 use crate::repo::Repository;
 use crate::{Id, Result};
 use plan::Plan;
@@ -157,7 +156,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     rep.index_files_written += written.len();
     lock.check()?;
     if opts.exclusive {
-        delete_now(repo, &lock, &plan, written, &mut rep)?;
+        delete_now(repo, &lock, &plan, &mut rep)?;
     } else {
         record(repo, &lock, &plan, &mut rep)?;
     }
@@ -167,55 +166,71 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     Ok(rep)
 }
 
-/// Exclusive mode, steps 4 and 5: new index files naming exactly the kept blobs, then the
-/// old index files go, then the packs.
-fn delete_now(
-    repo: &Repository,
-    lock: &Lock,
-    plan: &Plan,
-    mut written: Vec<String>,
-    rep: &mut PruneReport,
-) -> Result<()> {
-    let mut idx = IndexFile::default();
-    for pack in &plan.keep {
-        let p = &plan.packs[pack];
-        idx.packs.push(IndexPack {
-            pack: *pack,
-            salt: p.salt,
-            entries: p.keep.clone(),
-        });
-        if idx.blob_count() >= INDEX_FLUSH_ENTRIES {
-            written.push(repo.write_index(&std::mem::take(&mut idx))?);
-        }
-    }
-    if !idx.packs.is_empty() {
-        written.push(repo.write_index(&idx)?);
-    }
-    rep.index_files_written = written.len();
-    crash_point("index");
-    lock.check()?;
-    let fresh: HashSet<&String> = written.iter().collect();
-    for (name, _) in plan.index.iter().filter(|(n, _)| !fresh.contains(n)) {
-        repo.delete_listed(name)?;
-        rep.index_files_deleted += 1;
-    }
-    let doomed: Vec<&Id> = plan
+/// Exclusive mode: no backup runs, so what the plan found unused goes at once.
+fn delete_now(repo: &Repository, lock: &Lock, plan: &Plan, rep: &mut PruneReport) -> Result<()> {
+    let doomed: HashSet<Id> = plan
         .delete
         .iter()
         .chain(&plan.repack)
         .chain(&plan.unreferenced)
+        .copied()
         .collect();
-    for (n, pack) in doomed.iter().enumerate() {
-        repo.backend.delete(&pack_name(pack))?;
-        if n == doomed.len() / 2 {
-            crash_point("delete");
-        }
-    }
-    rep.packs_deleted = doomed.len();
+    drop_packs(repo, lock, &plan.index, doomed, rep)?;
     // Whatever earlier two-phase runs recorded is decided now.
     for f in pending::list(repo)?.0 {
         repo.delete_listed(&f.name)?;
     }
+    Ok(())
+}
+
+/// Deletes packs: the index files naming any of them are written again without them
+/// (keeping their time, so which copy of a blob is newest does not change; the others are
+/// left alone, so proxies' caches update by what changed), the old files go, then the
+/// packs. A crash anywhere leaves either both index files (duplicates are harmless) or
+/// packs no index names (the next prune deletes them).
+fn drop_packs(
+    repo: &Repository,
+    lock: &Lock,
+    index: &[(String, IndexFile)],
+    doomed: HashSet<Id>,
+    rep: &mut PruneReport,
+) -> Result<()> {
+    lock.check()?;
+    let mut replaced = Vec::new();
+    for (name, idx) in index {
+        if !idx.packs.iter().any(|p| doomed.contains(&p.pack)) {
+            continue;
+        }
+        let kept = IndexFile {
+            packs: idx
+                .packs
+                .iter()
+                .filter(|p| !doomed.contains(&p.pack))
+                .cloned()
+                .collect(),
+            created: idx.created,
+        };
+        if !kept.packs.is_empty() {
+            repo.write_index(&kept)?;
+            rep.index_files_written += 1;
+        }
+        replaced.push(name);
+    }
+    crash_point("index");
+    lock.check()?;
+    for name in replaced {
+        repo.delete_listed(name)?;
+        rep.index_files_deleted += 1;
+    }
+    let mut doomed: Vec<Id> = doomed.into_iter().collect();
+    doomed.sort();
+    for (n, p) in doomed.iter().enumerate() {
+        repo.backend.delete(&pack_name(p))?;
+        if n == doomed.len() / 2 {
+            crash_point("delete");
+        }
+    }
+    rep.packs_deleted += doomed.len();
     Ok(())
 }
 
@@ -329,43 +344,7 @@ fn sweep(
             }
         }
     }
-    lock.check()?;
-    // Index files naming a doomed pack are written again without it (keeping their time,
-    // so which copy is newest does not change), then the old ones go, then the packs.
-    let mut replaced = Vec::new();
-    for (name, idx) in &index {
-        if !idx.packs.iter().any(|p| doomed.contains(&p.pack)) {
-            continue;
-        }
-        let kept = IndexFile {
-            packs: idx
-                .packs
-                .iter()
-                .filter(|p| !doomed.contains(&p.pack))
-                .cloned()
-                .collect(),
-            created: idx.created,
-        };
-        if !kept.packs.is_empty() {
-            repo.write_index(&kept)?;
-            rep.index_files_written += 1;
-        }
-        replaced.push(name.clone());
-    }
-    crash_point("sweep-index");
-    for name in &replaced {
-        repo.delete_listed(name)?;
-        rep.index_files_deleted += 1;
-    }
-    let mut doomed: Vec<Id> = doomed.into_iter().collect();
-    doomed.sort();
-    for (n, p) in doomed.iter().enumerate() {
-        repo.backend.delete(&pack_name(p))?;
-        if n == doomed.len() / 2 {
-            crash_point("sweep-delete");
-        }
-    }
-    rep.packs_deleted += doomed.len();
+    drop_packs(repo, lock, &index, doomed, rep)?;
     for f in &due {
         repo.delete_listed(&f.name)?;
         rep.records_swept += 1;

@@ -1,10 +1,17 @@
 //! The local index cache: every index file of the repository merged into one redb database
-//! outside the repository (`$CAIRN_CACHE_DIR` or `~/.cache/cairn/<repo id>/index-v2.redb`).
+//! outside the repository (`$CAIRN_CACHE_DIR` or `~/.cache/cairn/<repo id>/index-v3.redb`).
 //!
 //! Why redb and not a hash map: a repository of tens of TB holds hundreds of millions of
 //! blobs; a B-tree on disk with a bounded page cache keeps a backup's memory flat whatever
-//! the repository size. The cache is only ever a copy: if it is lost, damaged, or an index
-//! file it merged has vanished (prune rewrote the index), it is rebuilt from `index/`.
+//! the repository size. The cache is only ever a copy: if it is lost or damaged it is
+//! rebuilt from `index/`.
+//!
+//! Kept up to date incrementally, since on object storage reading every index file again
+//! costs a proxy minutes and money: new index files are merged; for index files that
+//! vanished (prune rewrote them), the packs no remaining file names are dropped with their
+//! blobs. A blob whose cached copy was in such a pack is dropped even if an older copy
+//! survives elsewhere: prune deletes only packs whose blobs no snapshot needs, so at worst
+//! a backup stores one again.
 
 use super::index::IndexFile;
 use super::pack::{BlobKind, PackEntry};
@@ -17,10 +24,13 @@ use std::path::{Path, PathBuf};
 
 const BLOBS: TableDefinition<[u8; 32], [u8; 53]> = TableDefinition::new("blobs");
 const PACKS: TableDefinition<[u8; 32], [u8; 32]> = TableDefinition::new("packs");
-const FILES: TableDefinition<&str, ()> = TableDefinition::new("index_files");
+/// Index file name → the packs it names (32 bytes each).
+const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("index_files");
+/// Pack → how many merged index files name it.
+const PACK_REFS: TableDefinition<[u8; 32], u32> = TableDefinition::new("pack_refs");
 /// Chunk tables known to have every chunk in the index: a backup may reuse them unread.
-/// Index files only ever add blobs, so the set stays true until an index file vanishes
-/// (prune, repair), which rebuilds the cache and empties it.
+/// Index files only ever add blobs, so the set stays true until a pack is dropped, which
+/// empties it.
 const COMPLETE: TableDefinition<[u8; 32], ()> = TableDefinition::new("complete_tables");
 
 /// Page cache cap: what keeps the cache's memory bounded.
@@ -84,10 +94,12 @@ impl IndexCache {
     /// cache is built in a temporary folder instead: slower to start, never wrong.
     pub fn open(dir: &Path) -> Result<IndexCache> {
         std::fs::create_dir_all(dir).ctx(|| format!("creating cache folder {}", dir.display()))?;
-        // Version 2 of the cache (copies ordered by their index file's time): a new name, so
-        // a cache of the old layout is simply not used.
-        let _ = std::fs::remove_file(dir.join("index.redb"));
-        let path = dir.join("index-v2.redb");
+        // Version 3 of the cache (packs counted per index file): a new name, so a cache of
+        // an old layout is simply not used.
+        for old in ["index.redb", "index-v2.redb"] {
+            let _ = std::fs::remove_file(dir.join(old));
+        }
+        let path = dir.join("index-v3.redb");
         match Self::open_db(&path) {
             Ok(db) => Ok(IndexCache {
                 db,
@@ -100,7 +112,7 @@ impl IndexCache {
                 ));
                 std::fs::create_dir_all(&private)
                     .ctx(|| format!("creating {}", private.display()))?;
-                let db = Self::open_db(&private.join("index-v2.redb")).map_err(db_err)?;
+                let db = Self::open_db(&private.join("index-v3.redb")).map_err(db_err)?;
                 Ok(IndexCache {
                     db,
                     private_dir: Some(private),
@@ -125,9 +137,10 @@ impl IndexCache {
     }
 
     /// Brings the cache in line with the repository's `index/` folder: merges new files,
-    /// and rebuilds from scratch if a merged file is gone. An index file that is damaged is
-    /// left out (and tried again next time): the blobs it names are unavailable until
-    /// `cairn repair index`, but everything else reads. Returns the files left out.
+    /// then forgets vanished ones (dropping the packs nothing names any more). An index
+    /// file that is damaged is left out (and tried again next time): the blobs it names are
+    /// unavailable until `cairn repair index`, but everything else reads. Returns the files
+    /// left out.
     pub fn sync(
         &self,
         backend: &dyn Backend,
@@ -150,16 +163,54 @@ impl IndexCache {
                 Err(e) => return Err(db_err(e)),
             }
         };
-        if !merged.is_subset(&listed) {
-            let tx = self.db.begin_write().map_err(db_err)?;
-            tx.delete_table(BLOBS).map_err(db_err)?;
-            tx.delete_table(PACKS).map_err(db_err)?;
-            tx.delete_table(FILES).map_err(db_err)?;
-            tx.delete_table(COMPLETE).map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
-            return self.merge(listed.iter(), read);
+        // New files first: a pack that a rewritten file still names keeps its count.
+        let skipped = self.merge(listed.difference(&merged), read)?;
+        let vanished: Vec<&String> = merged.difference(&listed).collect();
+        if !vanished.is_empty() {
+            self.forget(&vanished)?;
         }
-        self.merge(listed.difference(&merged), read)
+        Ok(skipped)
+    }
+
+    /// Forgets index files that are gone, and the packs (with their blobs) that no merged
+    /// file names any more.
+    fn forget(&self, names: &[&String]) -> Result<()> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut files = tx.open_table(FILES).map_err(db_err)?;
+            let mut refs = tx.open_table(PACK_REFS).map_err(db_err)?;
+            let mut packs = tx.open_table(PACKS).map_err(db_err)?;
+            let mut gone: HashSet<[u8; 32]> = HashSet::new();
+            for name in names {
+                let named: Vec<[u8; 32]> = match files.remove(name.as_str()).map_err(db_err)? {
+                    Some(v) => v
+                        .value()
+                        .chunks_exact(32)
+                        .map(|c| c.try_into().expect("32 bytes"))
+                        .collect(),
+                    None => continue,
+                };
+                for p in named {
+                    let n = refs.get(p).map_err(db_err)?.map_or(0, |v| v.value());
+                    if n <= 1 {
+                        refs.remove(p).map_err(db_err)?;
+                        packs.remove(p).map_err(db_err)?;
+                        gone.insert(p);
+                    } else {
+                        refs.insert(p, n - 1).map_err(db_err)?;
+                    }
+                }
+            }
+            if !gone.is_empty() {
+                let mut blobs = tx.open_table(BLOBS).map_err(db_err)?;
+                blobs
+                    .retain(|_, v| !gone.contains(&v[..32]))
+                    .map_err(db_err)?;
+                let mut complete = tx.open_table(COMPLETE).map_err(db_err)?;
+                complete.retain(|_, _| false).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
     }
 
     fn merge<'a>(
@@ -202,8 +253,16 @@ impl IndexCache {
             let mut blobs = tx.open_table(BLOBS).map_err(db_err)?;
             let mut packs = tx.open_table(PACKS).map_err(db_err)?;
             let mut files = tx.open_table(FILES).map_err(db_err)?;
+            let mut refs = tx.open_table(PACK_REFS).map_err(db_err)?;
+            if files.get(name).map_err(db_err)?.is_some() {
+                return Ok(()); // merged already
+            }
+            let mut named = Vec::with_capacity(idx.packs.len() * 32);
             for p in &idx.packs {
                 packs.insert(p.pack.0, p.salt).map_err(db_err)?;
+                let n = refs.get(p.pack.0).map_err(db_err)?.map_or(0, |v| v.value());
+                refs.insert(p.pack.0, n + 1).map_err(db_err)?;
+                named.extend_from_slice(&p.pack.0);
                 for e in &p.entries {
                     // A blob stored again later (next to newer data) is read from there.
                     let newer = match blobs.get(e.id.0).map_err(db_err)? {
@@ -217,7 +276,7 @@ impl IndexCache {
                     }
                 }
             }
-            files.insert(name, ()).map_err(db_err)?;
+            files.insert(name, named.as_slice()).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -310,5 +369,73 @@ impl CacheReader {
             out.push(Id(r.map_err(db_err)?.0.value()));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LocalBackend;
+    use crate::repo::index::IndexPack;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    fn pack(p: u8, blobs: &[u8]) -> IndexPack {
+        IndexPack {
+            pack: Id([p; 32]),
+            salt: [0; 32],
+            entries: blobs
+                .iter()
+                .map(|b| PackEntry {
+                    kind: BlobKind::Data,
+                    id: Id([*b; 32]),
+                    offset: 0,
+                    length: 1,
+                    raw_len: 1,
+                })
+                .collect(),
+        }
+    }
+
+    /// After prune rewrote one index file, only the new file is read; the pack it no
+    /// longer names is dropped with its blobs, the others stay.
+    #[test]
+    fn sync_reads_only_new_files_and_drops_packs_nothing_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path().join("repo"));
+        let cache = IndexCache::open(&dir.path().join("cache")).unwrap();
+        let files: RefCell<HashMap<String, IndexFile>> = RefCell::default();
+        let reads = RefCell::new(Vec::new());
+        let put = |name: &str, packs: Vec<IndexPack>| {
+            backend.put(name, b"x").unwrap();
+            let idx = IndexFile { packs, created: 1 };
+            files.borrow_mut().insert(name.to_string(), idx);
+        };
+        let read = |name: &str| -> Result<IndexFile> {
+            reads.borrow_mut().push(name.to_string());
+            Ok(files.borrow()[name].clone())
+        };
+        put("index/a", vec![pack(1, &[10, 11]), pack(2, &[20])]);
+        put("index/b", vec![pack(3, &[30])]);
+        cache.sync(&backend, &read).unwrap();
+        assert_eq!(reads.borrow().len(), 2);
+        // prune: index/a is rewritten without pack 1.
+        put("index/c", vec![pack(2, &[20])]);
+        backend.delete("index/a").unwrap();
+        reads.borrow_mut().clear();
+        cache.sync(&backend, &read).unwrap();
+        assert_eq!(*reads.borrow(), vec!["index/c".to_string()]);
+        let r = cache.reader().unwrap();
+        assert!(r.get(&Id([10; 32])).unwrap().is_none());
+        assert!(r.get(&Id([11; 32])).unwrap().is_none());
+        assert_eq!(r.get(&Id([20; 32])).unwrap().unwrap().pack, Id([2; 32]));
+        assert!(r.get(&Id([30; 32])).unwrap().is_some());
+        let mut packs = r.packs().unwrap();
+        packs.sort();
+        assert_eq!(packs, vec![Id([2; 32]), Id([3; 32])]);
+        // Nothing changed: nothing is read.
+        reads.borrow_mut().clear();
+        cache.sync(&backend, &read).unwrap();
+        assert!(reads.borrow().is_empty());
     }
 }
