@@ -57,13 +57,22 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
         read_data,
         ..Default::default()
     };
+    // Backups and prune may run meanwhile. Listed in the reverse of the order in which
+    // they are written (packs, index, snapshot), so that whatever a listed snapshot needs
+    // is listed too; what a two-phase prune deletes meanwhile is among the packs recorded
+    // before, read first.
+    let recorded = crate::gc::pending::candidates(repo)?;
+    let snapshot_names = repo.snapshot_files()?;
+    let index_names = repo.index_files()?;
     let on_disk: HashMap<Id, u64> = repo.list_packs()?;
     rep.packs = on_disk.len();
+    // Recorded packs gone since the listings: deleted by prune, a problem only if a
+    // snapshot still there needs them (see the end).
+    let mut collected: HashSet<Id> = HashSet::new();
 
     // Index files, read directly (not through the cache) so their damage is seen.
     let mut indexed: HashMap<Id, u64> = HashMap::new(); // pack → end of its last blob
     let mut pack_blobs: HashMap<Id, usize> = HashMap::new();
-    let index_names = repo.index_files()?;
     rep.index_files = index_names.len();
     for name in &index_names {
         match repo.read_index(name) {
@@ -82,6 +91,9 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
                     let n = pack_blobs.entry(p.pack).or_default();
                     *n = (*n).max(p.entries.len());
                     match on_disk.get(&p.pack) {
+                        None if recorded.contains(&p.pack) => {
+                            collected.insert(p.pack);
+                        }
                         None => rep.problems.push(format!(
                             "pack {} is missing (named by {name})",
                             pack_name(&p.pack)
@@ -94,6 +106,8 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
                     }
                 }
             }
+            // Rewritten by a prune since the listing.
+            Err(e) if e.is_not_found() => {}
             Err(e) => rep
                 .problems
                 .push(format!("index file {name} cannot be read: {e}")),
@@ -112,12 +126,15 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
     let mut needs: BTreeMap<String, HashSet<Id>> = BTreeMap::new();
     // Blobs some snapshot needs that no index names, with the snapshots needing them.
     let mut missing: HashMap<Id, String> = HashMap::new();
-    for name in repo.snapshot_files()? {
+    let mut label_names: HashMap<String, String> = HashMap::new();
+    for name in snapshot_names {
         let snap = match repo
             .read_file(FileKind::Snapshot, &name)
             .and_then(|b| Snapshot::decode(&b, &name))
         {
             Ok(s) => s,
+            // Forgotten since the listing.
+            Err(e) if e.is_not_found() => continue,
             Err(e) => {
                 rep.problems
                     .push(format!("snapshot {name} cannot be read: {e}"));
@@ -131,6 +148,7 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
             snap.vm,
             snap.time
         );
+        label_names.insert(label.clone(), name.clone());
         let packs = needs.entry(label.clone()).or_default();
         for (di, disk) in snap.items().enumerate() {
             let mut frag = Fragmentation {
@@ -239,6 +257,7 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
         }
     }
 
+    let gone_late: Mutex<Vec<Id>> = Mutex::new(Vec::new());
     if read_data {
         let bar = crate::progress::bytes_bar(on_disk.values().sum(), "read", quiet);
         let damaged: Mutex<Vec<(Id, String)>> = Mutex::new(Vec::new());
@@ -248,11 +267,20 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
             .copied()
             .collect();
         packs.par_iter().with_max_len(1).for_each(|pack| {
-            if let Err(e) = verify_pack(repo, pack, pack_blobs.get(pack).copied().unwrap_or(0)) {
-                damaged
+            let r = verify_pack(repo, pack, pack_blobs.get(pack).copied().unwrap_or(0));
+            match r {
+                // A recorded pack deleted by prune meanwhile: judged below, not damage.
+                Err(e) if e.is_not_found() && recorded.contains(pack) => {
+                    gone_late
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(*pack);
+                }
+                Err(e) => damaged
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push((*pack, e.to_string()));
+                    .push((*pack, e.to_string())),
+                Ok(()) => {}
             }
             bar.inc(on_disk.get(pack).copied().unwrap_or(0));
         });
@@ -273,6 +301,26 @@ pub fn run(repo: &Repository, read_data: bool, quiet: bool) -> Result<CheckRepor
             rep.problems.push(format!("{err} ({users})"));
         }
     }
+    collected.extend(gone_late.into_inner().unwrap_or_else(|e| e.into_inner()));
+    // A recorded pack that prune deleted while this ran must be needed by no snapshot that
+    // is still there (one forgotten meanwhile may have needed it).
+    if !collected.is_empty() {
+        let now: HashSet<String> = repo.snapshot_files()?.into_iter().collect();
+        for (label, packs) in &needs {
+            let still = label_names.get(label).is_some_and(|n| now.contains(n));
+            if let Some(p) = packs
+                .iter()
+                .find(|p| collected.contains(*p))
+                .filter(|_| still)
+            {
+                rep.problems.push(format!(
+                    "pack {} was deleted by prune, but {label} needs it",
+                    pack_name(p)
+                ));
+            }
+        }
+    }
+
     Ok(rep)
 }
 

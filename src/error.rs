@@ -58,6 +58,12 @@ impl Error {
         }
     }
 
+    /// True if the object was not there: another process removed it between a listing
+    /// and the read (a concurrent forget or prune), which is not damage.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {
             what: what.into(),

@@ -29,6 +29,14 @@ pub mod vm;
 
 #[cfg(test)]
 mod testalloc;
+
+/// A named point where tests kill the process with SIGKILL (`CAIRN_CRASH_AT=<point>`),
+/// to prove that a crash there leaves a sound repository. Costs one env lookup per point.
+pub(crate) fn crash_point(name: &str) {
+    if std::env::var("CAIRN_CRASH_AT").is_ok_and(|v| v == name) {
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
 #[cfg(test)]
 #[global_allocator]
 static ALLOC: testalloc::Tracking = testalloc::Tracking;

@@ -287,22 +287,13 @@ fn sweep_killed_while_deleting() {
     prune_killed_at("sweep", "delete");
 }
 
-/// Stops (`STOP`) or resumes (`CONT`) a process.
-fn signal(child: &std::process::Child, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} failed");
-}
-
-#[test]
-fn prune_during_a_running_backup_never_removes_its_chunks() {
-    let env = Env::new();
-    let (mut sums, ids) = six_weeks(&env);
-    // The oldest vm-a image: most of what later backups overwrote is in it, and forget is
-    // about to release that.
+/// Forgets all but each VM's newest snapshot, and returns an image (with its sha256) that
+/// starts with the oldest vm-a image: most of what later backups overwrote is in it, and
+/// the forget released that.
+fn image_with_released_data(
+    env: &Env,
+    ids: &BTreeMap<&'static str, Vec<String>>,
+) -> (std::path::PathBuf, String) {
     let old = env.path("old");
     env.ok(&[
         "restore",
@@ -321,12 +312,15 @@ fn prune_during_a_running_backup_never_removes_its_chunks() {
     )
     .unwrap();
     let want = sha256(&big);
+    (big, want)
+}
 
-    // A backup that dedups against the released data, frozen mid-way (real SIGSTOP), so
-    // every prune below runs while it holds its lock.
+/// Starts `backup --vm big` of `img` and freezes it (real SIGSTOP) once it has stored a
+/// pack, so that what follows runs while it holds its lock.
+fn frozen_backup(env: &Env, img: &Path) -> std::process::Child {
     let packs_before = env.packs().len();
     let backup = env
-        .cmd(&["backup", "--vm", "big", "--json", big.to_str().unwrap()])
+        .cmd(&["backup", "--vm", "big", "--json", img.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -337,6 +331,27 @@ fn prune_during_a_running_backup_never_removes_its_chunks() {
         std::thread::sleep(Duration::from_millis(20));
     }
     signal(&backup, "STOP");
+    backup
+}
+
+/// Stops (`STOP`) or resumes (`CONT`) a process.
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
+#[test]
+fn prune_during_a_running_backup_never_removes_its_chunks() {
+    let env = Env::new();
+    let (mut sums, ids) = six_weeks(&env);
+    let (big, want) = image_with_released_data(&env, &ids);
+
+    // A backup that dedups against the released data, frozen mid-way.
+    let backup = frozen_backup(&env, &big);
     // An exclusive prune is refused, naming the backup.
     let o = env.run(&["prune", "--exclusive"]);
     let e = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -380,6 +395,32 @@ fn prune_during_a_running_backup_never_removes_its_chunks() {
     let o = waiting.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     env.ok(&["check", "--read-data"]);
+    restore_all(&env, &sums);
+}
+
+/// A backup that starts after a prune recorded packs stores what they hold again instead of
+/// referencing it, so a sweep while it runs (it is not among the record's writers) takes
+/// nothing it needs.
+#[test]
+fn a_backup_started_after_a_record_never_references_recorded_packs() {
+    let env = Env::new();
+    let (mut sums, ids) = six_weeks(&env);
+    let (big, want) = image_with_released_data(&env, &ids);
+    let first: serde_json::Value = serde_json::from_str(&env.ok(&["prune", "--json"])).unwrap();
+    assert!(first["packs_pending"].as_u64().unwrap() > 0, "{first}");
+    let backup = frozen_backup(&env, &big);
+    let sweep: serde_json::Value =
+        serde_json::from_str(&env.ok(&["prune", "--grace", "0s", "--json"])).unwrap();
+    assert_eq!(sweep["records_swept"], 1, "{sweep}");
+    assert_eq!(sweep["packs_resurrected"], 0, "{sweep}");
+    assert!(sweep["packs_deleted"].as_u64().unwrap() > 0, "{sweep}");
+    signal(&backup, "CONT");
+    let o = backup.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    sums.insert(r["snapshot"].as_str().unwrap().to_string(), want);
+    let check = env.ok(&["check", "--read-data"]);
+    assert!(check.contains("no problems found"), "{check}");
     restore_all(&env, &sums);
 }
 

@@ -131,8 +131,9 @@ pub fn run(
     let lock = repo.lock(LockKind::Shared, &format!("backup --vm {}", opts.vm))?;
     // Read after the lock is held: a prune that records later waits for this backup.
     let avoid = crate::gc::pending::candidates(repo)?;
-    let cache = Arc::new(repo.index_cache()?);
+    // Snapshots before the index: the parent's index files are then in the cache.
     let loaded = snapshot::load_all(repo)?;
+    let cache = Arc::new(repo.index_cache()?);
     warnings.extend(loaded.warning());
     let parent = loaded
         .snapshots

@@ -47,15 +47,10 @@ pub fn adopt_orphans(repo: &Repository, dry_run: bool) -> Result<Option<IndexFil
     Ok(Some(idx))
 }
 
-/// Every table and chunk reachable from every snapshot, and the number of snapshots. A
-/// damaged snapshot, a table that cannot be read, or a chunk no index file names stops it:
-/// nothing can be known to be garbage then.
-pub fn mark(
-    repo: &Repository,
-    cache: &crate::repo::cache::IndexCache,
-) -> Result<(HashSet<Id>, usize)> {
-    let reader = cache.reader()?;
-    let mut used: HashSet<Id> = HashSet::new();
+/// The snapshots to mark from. Read before the index cache is brought up to date: a
+/// backup writes its index files before its snapshot, so every snapshot listed here has
+/// its index files in the cache then.
+pub fn snapshots(repo: &Repository) -> Result<snapshot::Loaded> {
     let loaded = snapshot::load_all(repo)?;
     if let Some(d) = loaded.damaged.first() {
         return Err(Error::Other(format!(
@@ -67,6 +62,18 @@ pub fn mark(
             d.error
         )));
     }
+    Ok(loaded)
+}
+
+/// Every table and chunk reachable from every snapshot. A table that cannot be read, or a
+/// chunk no index file names, stops it: nothing can be known to be garbage then.
+pub fn mark(
+    repo: &Repository,
+    cache: &crate::repo::cache::IndexCache,
+    loaded: &snapshot::Loaded,
+) -> Result<HashSet<Id>> {
+    let reader = cache.reader()?;
+    let mut used: HashSet<Id> = HashSet::new();
     for (sid, snap) in &loaded.snapshots {
         for disk in snap.items() {
             for tid in disk.tables.iter().flatten() {
@@ -97,5 +104,5 @@ pub fn mark(
             }
         }
     }
-    Ok((used, loaded.snapshots.len()))
+    Ok(used)
 }

@@ -27,7 +27,7 @@ use crate::repo::index::IndexFile;
 use crate::repo::lock::{list_locks, Lock, LockKind};
 use crate::repo::pack::pack_name;
 use crate::repo::Repository;
-use crate::{Id, Result};
+use crate::{crash_point, Id, Result};
 use plan::Plan;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -79,14 +79,6 @@ pub struct PruneReport {
     pub duration_secs: f64,
 }
 
-/// A named point where tests kill prune with SIGKILL (`CAIRN_CRASH_AT=<point>`), to prove
-/// that a crash there leaves a sound repository. Costs one env lookup per point.
-pub(crate) fn crash_point(name: &str) {
-    if std::env::var("CAIRN_CRASH_AT").is_ok_and(|v| v == name) {
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-    }
-}
-
 pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let started = Instant::now();
     let kind = if opts.exclusive {
@@ -112,13 +104,14 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         other_locks(repo, &lock)?
     };
     let adopted = mark::adopt_orphans(repo, opts.dry_run)?;
+    let loaded = mark::snapshots(repo)?;
     let cache = repo.index_cache()?;
     if let (Some(idx), true) = (&adopted, opts.dry_run) {
         cache.add("index/(dry run: packs no index names)", idx)?;
     }
-    let (used, snapshots) = mark::mark(repo, &cache)?;
+    let used = mark::mark(repo, &cache, &loaded)?;
     drop(cache);
-    rep.snapshots = snapshots;
+    rep.snapshots = loaded.snapshots.len();
     rep.blobs_used = used.len();
     let before = repo.list_packs()?;
     rep.packs_before = before.len();

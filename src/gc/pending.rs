@@ -55,7 +55,7 @@ pub fn list(repo: &Repository) -> Result<(Vec<Found>, Vec<String>)> {
     for l in repo.list(files::Folder::Pending)? {
         let bytes = match repo.backend.get(&l.name) {
             Ok(b) => b,
-            Err(_) if repo.backend.size(&l.name)?.is_none() => continue, // just swept
+            Err(e) if e.is_not_found() => continue, // just swept
             Err(e) => return Err(e),
         };
         let record = envelope::decode_file(FileKind::Pending, &repo.keys, &bytes, &l.name)

@@ -1,6 +1,6 @@
 //! Planning: which copy of each needed blob is kept, and what becomes of each pack.
 
-use super::crash_point;
+use crate::crash_point;
 use crate::repo::index::IndexFile;
 use crate::repo::pack::{pack_name, parse_pack, reseal_blob, PackEntry};
 use crate::repo::packer::Packer;

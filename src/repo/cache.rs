@@ -146,6 +146,24 @@ impl IndexCache {
         backend: &dyn Backend,
         read: &dyn Fn(&str) -> Result<IndexFile>,
     ) -> Result<Vec<(String, Error)>> {
+        // A file listed but gone when read was replaced by a prune in between: list again,
+        // since its replacement may have come after the listing.
+        for _ in 0..10 {
+            if let Some(skipped) = self.sync_once(backend, read)? {
+                return Ok(skipped);
+            }
+        }
+        Err(Error::Other(
+            "the index keeps changing while it is read (index files vanish between listing and reading); try again".into(),
+        ))
+    }
+
+    /// One pass of `sync`; None if an index file vanished while it ran.
+    fn sync_once(
+        &self,
+        backend: &dyn Backend,
+        read: &dyn Fn(&str) -> Result<IndexFile>,
+    ) -> Result<Option<Vec<(String, Error)>>> {
         let listed: HashSet<String> = backend
             .list(super::files::Folder::Index.name())?
             .into_iter()
@@ -164,12 +182,14 @@ impl IndexCache {
             }
         };
         // New files first: a pack that a rewritten file still names keeps its count.
-        let skipped = self.merge(listed.difference(&merged), read)?;
+        let Some(skipped) = self.merge(listed.difference(&merged), read)? else {
+            return Ok(None);
+        };
         let vanished: Vec<&String> = merged.difference(&listed).collect();
         if !vanished.is_empty() {
             self.forget(&vanished)?;
         }
-        Ok(skipped)
+        Ok(Some(skipped))
     }
 
     /// Forgets index files that are gone, and the packs (with their blobs) that no merged
@@ -217,18 +237,20 @@ impl IndexCache {
         &self,
         names: impl Iterator<Item = &'a String>,
         read: &dyn Fn(&str) -> Result<IndexFile>,
-    ) -> Result<Vec<(String, Error)>> {
+    ) -> Result<Option<Vec<(String, Error)>>> {
         let mut names: Vec<&String> = names.collect();
         names.sort();
         let mut skipped = Vec::new();
+        let mut vanished = false;
         for name in names {
             match read(name) {
                 Ok(idx) => self.add(name, &idx)?,
+                Err(e) if e.is_not_found() => vanished = true,
                 Err(e @ Error::Corrupt { .. }) => skipped.push((name.clone(), e)),
                 Err(e) => return Err(e),
             }
         }
-        Ok(skipped)
+        Ok((!vanished).then_some(skipped))
     }
 
     /// Records that every chunk of these tables is in the index.

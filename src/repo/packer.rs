@@ -63,6 +63,8 @@ impl<'a> Packer<'a> {
                         let next = up_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                         let Ok(u) = next else { return };
                         let r = backend.put(&u.name, &u.bytes).map(|()| u.entry);
+                        // Tests: killed with other uploads in flight, no index written.
+                        crate::crash_point("pack-uploaded");
                         let failed = r.is_err();
                         if done_tx.send(r).is_err() || failed {
                             return;

@@ -330,6 +330,8 @@ pub fn load_all(repo: &Repository) -> Result<Loaded> {
             .and_then(|b| Snapshot::decode(&b, &name));
         match (id, read) {
             (Some(id), Ok(snap)) => snapshots.push((id, snap)),
+            // Forgotten since the listing.
+            (_, Err(e)) if e.is_not_found() => {}
             // A transient I/O failure is not damage: stop rather than act on a partial list.
             (_, Err(e @ Error::Io { .. })) => return Err(e),
             (id, Err(e)) => damaged.push(Damaged {
