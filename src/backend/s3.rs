@@ -10,7 +10,7 @@
 //! virtual-host style; `--option s3.bucket-lookup=path|dns` decides otherwise.
 //!
 //! Transient faults (5xx, 429, timeouts, dropped connections) are retried with exponential
-//! backoff for up to [`RETRY_TIMEOUT`]; an error that survives the retries names the
+//! backoff for up to [`RETRY_TIMEOUT`] (`--option s3.retry-timeout`); an error that survives the retries names the
 //! object. A listing is read to its end or fails: a partial listing is never returned.
 //! New objects that must not exist yet (locks) are written with `If-None-Match: *`.
 
@@ -26,7 +26,7 @@ use object_store::{
 };
 use std::time::Duration;
 
-/// How long one request is retried before its error is reported.
+/// How long one request is retried before its error is reported, by default.
 pub const RETRY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a repository URL and `--option s3.*` say about the store.
@@ -45,12 +45,14 @@ pub struct S3Config {
     /// Conditional writes (`If-None-Match`) for objects that must not exist yet; off for
     /// stores without them (then a HEAD, with a race window, guards locks).
     pub conditional_put: bool,
+    /// How long a failing request is retried before its error is reported.
+    pub retry_timeout: Duration,
 }
 
 impl S3Config {
     /// Parses `s3:https://host/bucket/prefix`, `s3:http://…`, `s3://bucket/prefix`, and
     /// applies `options` (`s3.storage-class`, `s3.bucket-lookup`, `s3.region`,
-    /// `s3.ca-file`, `s3.conditional-put`).
+    /// `s3.ca-file`, `s3.conditional-put`, `s3.retry-timeout`).
     pub fn parse(url: &str, options: &[(String, String)]) -> Result<S3Config> {
         let bad = |why: &str| {
             Error::Usage(format!(
@@ -95,6 +97,7 @@ impl S3Config {
             bucket,
             prefix,
             conditional_put: true,
+            retry_timeout: RETRY_TIMEOUT,
             ..Default::default()
         };
         for (k, v) in options {
@@ -113,6 +116,10 @@ impl S3Config {
                             )))
                         }
                     }
+                }
+                "s3.retry-timeout" => {
+                    let secs = crate::cli::parse_wait(v).map_err(Error::Usage)?;
+                    c.retry_timeout = Duration::from_secs(secs.max(1) as u64);
                 }
                 "s3.conditional-put" => {
                     c.conditional_put = match v.as_str() {
@@ -179,7 +186,7 @@ impl S3Backend {
                     base: 2.0,
                 },
                 max_retries: 12,
-                retry_timeout: RETRY_TIMEOUT,
+                retry_timeout: config.retry_timeout,
             })
             .with_conditional_put(if config.conditional_put {
                 S3ConditionalPut::ETagMatch
@@ -216,10 +223,15 @@ impl S3Backend {
         }
     }
 
+    /// An error that outlived the retries: names the object and says what to do.
     fn err(&self, what: &str, name: &str, e: object_store::Error) -> Error {
         Error::io(
             format!("{what} {name} in {}", self.config.location()),
-            std::io::Error::other(e.to_string()),
+            std::io::Error::other(format!(
+                "{e} (retried for up to {} s; check that the store is reachable and healthy, \
+                 or allow longer with --option s3.retry-timeout=10m)",
+                self.config.retry_timeout.as_secs()
+            )),
         )
     }
 
