@@ -9,9 +9,9 @@
 //! path-style when the endpoint is an IP address or has a port (a self-hosted store), else
 //! virtual-host style; `--option s3.bucket-lookup=path|dns` decides otherwise.
 //!
-//! Transient faults (5xx, 429, timeouts, dropped connections) are retried with exponential
-//! backoff for up to [`RETRY_TIMEOUT`] (`--option s3.retry-timeout`); an error that survives the retries names the
-//! object. A listing is read to its end or fails: a partial listing is never returned.
+//! Transient faults (5xx, 429, timeouts, dropped connections, bodies cut short) are retried
+//! with exponential backoff for up to [`RETRY_TIMEOUT`] (`--option s3.retry-timeout`); an
+//! error that survives the retries names the object. A listing is read to its end or fails: a partial listing is never returned.
 //! New objects that must not exist yet (locks) are written with `If-None-Match: *`.
 
 use super::Backend;
@@ -223,15 +223,25 @@ impl S3Backend {
         }
     }
 
-    /// An error that outlived the retries: names the object and says what to do.
+    /// An error that outlived the retries, or that no retry can help: names the object
+    /// and says what to do.
     fn err(&self, what: &str, name: &str, e: object_store::Error) -> Error {
+        let advice = match &e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => "check AWS_ACCESS_KEY_ID, \
+                 AWS_SECRET_ACCESS_KEY and the bucket's policy"
+                .to_string(),
+            e if transient(e) => format!(
+                "retried for up to {} s; check that the store is reachable and healthy, \
+                 or allow longer with --option s3.retry-timeout=10m",
+                self.config.retry_timeout.as_secs()
+            ),
+            _ => "the store refused the request; check the repository URL and --option values"
+                .to_string(),
+        };
         Error::io(
             format!("{what} {name} in {}", self.config.location()),
-            std::io::Error::other(format!(
-                "{e} (retried for up to {} s; check that the store is reachable and healthy, \
-                 or allow longer with --option s3.retry-timeout=10m)",
-                self.config.retry_timeout.as_secs()
-            )),
+            std::io::Error::other(format!("{e} ({advice})")),
         )
     }
 
@@ -248,6 +258,61 @@ impl S3Backend {
     }
 }
 
+/// Whether sending the request again may help. object_store maps 404, 409, 412, 401 and
+/// 403 to their own variants; everything else (5xx after its own retries, a dropped
+/// connection, a body cut short, a response that does not parse) arrives as `Generic`.
+/// Among those, a 4xx other than timeout and throttling is the request's own fault.
+fn transient(e: &object_store::Error) -> bool {
+    let object_store::Error::Generic { source, .. } = e else {
+        return false;
+    };
+    let text = source.to_string();
+    let code = text
+        .find("status code: ")
+        .and_then(|i| text.get(i + 13..i + 16));
+    !matches!(code, Some(c) if c.starts_with('4') && c != "408" && c != "429")
+}
+
+impl S3Backend {
+    /// Runs one request until it succeeds, fails for good, or [`S3Config::retry_timeout`]
+    /// has passed. object_store already retries 5xx and throttling responses, but not a
+    /// PUT whose connection dropped after the request was sent (it cannot know the PUT is
+    /// idempotent) nor a response body cut short. Every cairn object is content-addressed
+    /// or written once under a random name, so sending it again is safe.
+    fn retrying<T, F, Fut>(&self, mut op: F) -> std::result::Result<T, object_store::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, object_store::Error>>,
+    {
+        let start = std::time::Instant::now();
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.rt.block_on(op()) {
+                Err(e) if transient(&e) && start.elapsed() + wait < self.config.retry_timeout => {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn put_mode(
+        &self,
+        name: &str,
+        data: &[u8],
+        mode: PutMode,
+    ) -> std::result::Result<(), object_store::Error> {
+        let p = self.path(name);
+        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
+        self.retrying(|| {
+            self.store
+                .put_opts(&p, payload.clone(), self.put_opts(mode.clone()))
+        })
+        .map(|_| ())
+    }
+}
+
 impl Backend for S3Backend {
     fn location(&self) -> String {
         self.config.location()
@@ -255,8 +320,7 @@ impl Backend for S3Backend {
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
         let p = self.path(name);
-        self.rt
-            .block_on(async { self.store.get(&p).await?.bytes().await })
+        self.retrying(|| async { self.store.get(&p).await?.bytes().await })
             .map(|b| b.to_vec())
             .map_err(|e| match e {
                 object_store::Error::NotFound { .. } => Error::io(
@@ -271,8 +335,7 @@ impl Backend for S3Backend {
         let p = self.path(name);
         let end = offset + len as u64;
         let b = self
-            .rt
-            .block_on(self.store.get_range(&p, offset..end))
+            .retrying(|| self.store.get_range(&p, offset..end))
             .map_err(|e| self.err("reading", name, e))?;
         if b.len() != len {
             return Err(Error::corrupt(
@@ -284,19 +347,11 @@ impl Backend for S3Backend {
     }
 
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-        let p = self.path(name);
-        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
-        self.rt
-            .block_on(
-                self.store
-                    .put_opts(&p, payload, self.put_opts(PutMode::Overwrite)),
-            )
-            .map(|_| ())
+        self.put_mode(name, data, PutMode::Overwrite)
             .map_err(|e| self.err("writing", name, e))
     }
 
     fn put_new(&self, name: &str, data: &[u8]) -> Result<bool> {
-        let p = self.path(name);
         if !self.config.conditional_put {
             if self.size(name)?.is_some() {
                 return Ok(false);
@@ -304,16 +359,16 @@ impl Backend for S3Backend {
             self.put(name, data)?;
             return Ok(true);
         }
-        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
-        match self.rt.block_on(
-            self.store
-                .put_opts(&p, payload, self.put_opts(PutMode::Create)),
-        ) {
-            Ok(_) => Ok(true),
+        match self.put_mode(name, data, PutMode::Create) {
+            Ok(()) => Ok(true),
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
-            ) => Ok(false),
+            ) => {
+                // A retry after a lost response finds the object its first attempt made:
+                // that is a success, told apart by the bytes.
+                Ok(self.get(name).is_ok_and(|b| b == data))
+            }
             Err(e) => Err(self.err("creating", name, e)),
         }
     }
@@ -326,8 +381,7 @@ impl Backend for S3Backend {
             self.config.prefix.len() + 1
         };
         let metas: Vec<object_store::ObjectMeta> = self
-            .rt
-            .block_on(self.store.list(Some(&p)).try_collect())
+            .retrying(|| self.store.list(Some(&p)).try_collect())
             .map_err(|e| self.err("listing", dir, e))?;
         let mut out: Vec<Listed> = metas
             .into_iter()
@@ -343,26 +397,16 @@ impl Backend for S3Backend {
     }
 
     fn size(&self, name: &str) -> Result<Option<u64>> {
-        let p = self.path(name);
-        match self.rt.block_on(self.store.head(&p)) {
-            Ok(m) => Ok(Some(m.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.err("inspecting", name, e)),
-        }
+        Ok(self.head(name)?.map(|m| m.size))
     }
 
     fn modified(&self, name: &str) -> Result<Option<std::time::SystemTime>> {
-        let p = self.path(name);
-        match self.rt.block_on(self.store.head(&p)) {
-            Ok(m) => Ok(Some(m.last_modified.into())),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.err("inspecting", name, e)),
-        }
+        Ok(self.head(name)?.map(|m| m.last_modified.into()))
     }
 
     fn delete(&self, name: &str) -> Result<()> {
         let p = self.path(name);
-        match self.rt.block_on(self.store.delete(&p)) {
+        match self.retrying(|| self.store.delete(&p)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err("deleting", name, e)),
         }
@@ -370,6 +414,17 @@ impl Backend for S3Backend {
 
     fn parallel_writes(&self) -> usize {
         3
+    }
+}
+
+impl S3Backend {
+    fn head(&self, name: &str) -> Result<Option<object_store::ObjectMeta>> {
+        let p = self.path(name);
+        match self.retrying(|| self.store.head(&p)) {
+            Ok(m) => Ok(Some(m)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("inspecting", name, e)),
+        }
     }
 }
 

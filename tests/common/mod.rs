@@ -2,6 +2,8 @@
 //! administrators use (sfdisk, mkfs.ext4 -d, qemu-img, qemu-io) and run the real binary.
 #![allow(dead_code)]
 
+pub mod faultproxy;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -23,6 +25,8 @@ pub struct Env {
     /// `s3:http://127.0.0.1:PORT/bkt/repo` on S3, else the path of `repo`.
     pub url: String,
     s3: Option<std::process::Child>,
+    /// The loopback port of the S3 server, on S3.
+    pub s3_port: Option<u16>,
 }
 
 pub const S3_KEY: &str = "cairntest";
@@ -56,8 +60,22 @@ impl Env {
                 repo,
                 password: "correct horse".into(),
                 s3: None,
+                s3_port: None,
             };
         }
+        Env::new_s3_in(dir)
+    }
+
+    /// A repository on a real S3 server whatever `CAIRN_TEST_BACKEND` says.
+    pub fn new_s3() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-test-")
+            .tempdir_in(scratch_root())
+            .unwrap();
+        Env::new_s3_in(dir)
+    }
+
+    fn new_s3_in(dir: tempfile::TempDir) -> Env {
         let root = dir.path().join("s3");
         std::fs::create_dir_all(root.join("bkt")).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -87,6 +105,7 @@ impl Env {
             dir,
             password: "correct horse".into(),
             s3: Some(child),
+            s3_port: Some(port),
         }
     }
 
