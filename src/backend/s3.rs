@@ -135,7 +135,7 @@ impl S3Config {
                 _ if k.starts_with("s3.") => {
                     return Err(Error::Usage(format!(
                         "unknown option {k}; S3 repositories know s3.storage-class, \
-                         s3.bucket-lookup, s3.region, s3.ca-file, s3.conditional-put"
+                         s3.bucket-lookup, s3.region, s3.ca-file, s3.conditional-put, s3.retry-timeout"
                     )))
                 }
                 _ => {}
