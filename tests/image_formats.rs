@@ -9,6 +9,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 
@@ -447,51 +448,81 @@ fn qcow2_over_raw_backing() {
     roundtrip(&env, "vm", &top, "qcow2", "qcow2");
 }
 
-/// The same guest as raw, stream-optimized VMDK and qcow2 in one repository: the second
-/// and third backups find everything already stored.
+/// One guest disk (GPT + ext4 made by mkfs.ext4 -d) in every container cairn reads, in one
+/// repository: after the first, each copy adds under 1 % of what the first stored. Chunks
+/// depend only on the bytes the guest sees (cut rule 2: holes are 4 KiB zero blocks,
+/// whatever the container allocated), not on qcow2 cluster sizes, VHD's 2 MiB blocks or
+/// VMDK grains.
 #[test]
-fn same_guest_in_three_formats_deduplicates() {
+fn one_guest_in_every_format_adds_under_one_percent() {
     let env = Env::new();
     env.init(&[]);
+    let tree = env.path("tree");
+    make_tree(&tree, 40, 5);
     let raw = env.path("guest.img");
-    make_random_image(&raw, 128 * MIB, 24 * MIB, 11);
-    qemu_write(&raw, 0x77, 64 * MIB, 4 * MIB);
-    let vmdk = env.path("guest.vmdk");
-    let qcow = env.path("guest.qcow2");
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        s(&raw),
-        s(&vmdk),
-    ]);
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        s(&raw),
-        s(&qcow),
-    ]);
+    make_ext4_image(&raw, 256 * MIB, &tree);
     let first = env.backup("as-raw", &[&raw], &[]);
     let new1 = first["bytes_new"].as_u64().unwrap();
     assert!(new1 > 20 * MIB, "{first}");
-    for (vm, img) in [("as-vmdk", &vmdk), ("as-qcow2", &qcow)] {
-        let r = env.backup(vm, &[img], &[]);
-        let new = r["bytes_new"].as_u64().unwrap();
+    let variants: &[(&str, &str, &str)] = &[
+        ("qcow2", "qcow2-64k.qcow2", "cluster_size=65536"),
+        ("qcow2", "qcow2-4k.qcow2", "cluster_size=4096"),
+        ("qcow2", "qcow2-2m.qcow2", "cluster_size=2097152"),
+        ("vmdk", "sparse.vmdk", "subformat=monolithicSparse"),
+        ("vmdk", "stream.vmdk", "subformat=streamOptimized"),
+        ("vmdk", "flat.vmdk", "subformat=monolithicFlat"),
+        ("vmdk", "split.vmdk", "subformat=twoGbMaxExtentSparse"),
+        ("vpc", "dynamic.vhd", "subformat=dynamic,force_size=on"),
+        ("vpc", "fixed.vhd", "subformat=fixed,force_size=on"),
+        ("vhdx", "dynamic.vhdx", "subformat=dynamic"),
+        ("vhdx", "fixed.vhdx", "subformat=fixed"),
+    ];
+    let mut added = Vec::new();
+    for (i, (fmt, name, opts)) in variants.iter().enumerate() {
+        let dir = env.path(&format!("v{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join(name);
+        qemu_img(&[
+            "convert",
+            "-q",
+            "-f",
+            "raw",
+            "-O",
+            fmt,
+            "-o",
+            opts,
+            s(&raw),
+            s(&img),
+        ]);
+        let r = env.backup(&format!("as-{name}"), &[&img], &[]);
+        assert_eq!(r["logical_bytes"], 256 * MIB, "{name}: {r}");
+        added.push((name.to_string(), r["bytes_new"].as_u64().unwrap()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    // A block device holding the same bytes, where loop devices can be made (root).
+    let loopdev = Command::new("losetup")
+        .args(["--find", "--show", "--read-only", s(&raw)])
+        .output();
+    match loopdev {
+        Ok(o) if o.status.success() => {
+            let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let r = env.run(&["backup", "--json", "--vm", "as-device", &dev]);
+            sh("losetup", &["-d", &dev]);
+            assert!(r.status.success(), "{}", stderr(&r));
+            let r: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+            added.push((dev, r["bytes_new"].as_u64().unwrap()));
+        }
+        _ => eprintln!(
+            "SKIPPED: the block-device copy of this test (losetup failed: run as root with loop devices)"
+        ),
+    }
+    for (name, new) in &added {
         assert!(
             new * 100 < new1,
-            "{vm} added {new} new bytes (first: {new1}): {r}"
+            "the guest as {name} added {new} bytes, more than 1 % of the first copy's {new1}; all: {added:?}"
         );
-        assert_eq!(r["logical_bytes"], 128 * MIB);
     }
+    eprintln!("first copy stored {new1} bytes; the others added {added:?}");
 }
 
 /// Runs a backup of `img` that must fail, naming the file and leaving no snapshot.
