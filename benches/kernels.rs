@@ -233,9 +233,9 @@ fn pack_write(c: &mut Criterion) {
             for chunk in black_box(&data).chunks(CHUNK) {
                 let id = keys.chunk_id(chunk);
                 let blob = seal_blob(&sealer, BlobKind::Data, id, chunk, 3);
-                pack.add(&blob);
+                pack.add(&blob).expect("memory");
             }
-            pack.finish(&keys)
+            pack.finish(&keys).expect("memory")
         })
     });
     g.finish();

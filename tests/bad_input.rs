@@ -292,19 +292,21 @@ fn full_repository_disk_fails_cleanly() {
     make_random_image(&img, 128 << 20, 96 << 20, 3);
     let o = env.run(&["backup", "--vm", "x", img.to_str().unwrap()]);
     let snaps = std::fs::read_dir(env.repo.join("snapshots")).map_or(0, |d| d.count());
-    let temps = std::fs::read_dir(env.repo.join("data"))
-        .map(|d| {
-            d.flat_map(|e| std::fs::read_dir(e.unwrap().path()).unwrap())
-                .filter(|f| {
-                    f.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with(".tmp")
-                })
-                .count()
+    // Temporary files anywhere in data/ (a pack being written is data/.tmp-…).
+    let data = env.repo.join("data");
+    let mut folders = vec![data.clone()];
+    folders.extend(env.list("data").into_iter().filter(|p| p.is_dir()));
+    let temps = folders
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten())
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp")
         })
-        .unwrap_or(0);
+        .count();
     let check = env.run(&["check"]);
     sh("umount", &[mnt.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));

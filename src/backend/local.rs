@@ -56,7 +56,64 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .ctx(|| format!("syncing folder {}", dir.display()))
 }
 
+/// A pack being written straight to a temporary file in its folder (`data/.tmp-…`), so
+/// memory holds none of it; renamed to its name (in its fan-out folder) when complete.
+struct StagedFile {
+    root: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::io::BufWriter<File>>,
+}
+
+impl Write for StagedFile {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.file.as_mut().expect("open until commit").write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().expect("open until commit").flush()
+    }
+}
+
+impl super::Staged for StagedFile {
+    fn commit(mut self: Box<Self>, name: &str) -> Result<()> {
+        let target = self.root.join(name);
+        let file = self.file.take().expect("committed once");
+        let synced = file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all());
+        synced.ctx(|| format!("writing {}", target.display()))?;
+        let dir = target.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).ctx(|| format!("creating folder {}", dir.display()))?;
+        fs::rename(&self.tmp, &target).ctx(|| format!("renaming into {}", target.display()))?;
+        sync_dir(dir)
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        // Not committed, or the rename failed: the temporary file goes (after a rename
+        // there is nothing left at its name).
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
 impl Backend for LocalBackend {
+    fn stage_file(&self, dir: &str) -> Result<Option<Box<dyn super::Staged>>> {
+        let dir = self.path(dir);
+        fs::create_dir_all(&dir).ctx(|| format!("creating folder {}", dir.display()))?;
+        let tmp = dir.join(format!(".tmp-{}", hex::encode(random_bytes::<8>())));
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .ctx(|| format!("creating {}", tmp.display()))?;
+        Ok(Some(Box::new(StagedFile {
+            root: self.root.clone(),
+            tmp,
+            file: Some(std::io::BufWriter::with_capacity(256 << 10, f)),
+        })))
+    }
+
     fn location(&self) -> String {
         self.root.display().to_string()
     }

@@ -78,4 +78,50 @@ pub trait Backend: Send + Sync {
     fn parallel_writes(&self) -> usize {
         1
     }
+    /// Starts an object in `dir` that is written piece by piece and named only when
+    /// complete (a pack is named by the hash of its bytes), if this backend can keep it
+    /// outside memory meanwhile; None: [`stage`] keeps it in memory.
+    fn stage_file(&self, _dir: &str) -> Result<Option<Box<dyn Staged>>> {
+        Ok(None)
+    }
+}
+
+/// An object being written (see [`Backend::stage_file`]); dropped uncommitted, it leaves
+/// nothing behind.
+pub trait Staged: std::io::Write + Send {
+    /// Makes it durable and visible under `name`, atomically as [`Backend::put`] does.
+    fn commit(self: Box<Self>, name: &str) -> Result<()>;
+}
+
+/// A staged object for `backend`: a temporary file where the backend has files (so a
+/// backup holds no pack in memory), else a buffer of `size_hint` bytes put whole at commit.
+pub fn stage(backend: &Arc<dyn Backend>, dir: &str, size_hint: usize) -> Result<Box<dyn Staged>> {
+    Ok(match backend.stage_file(dir)? {
+        Some(s) => s,
+        None => Box::new(InMemory {
+            buf: Vec::with_capacity(size_hint),
+            backend: backend.clone(),
+        }),
+    })
+}
+
+struct InMemory {
+    buf: Vec<u8>,
+    backend: Arc<dyn Backend>,
+}
+
+impl std::io::Write for InMemory {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Staged for InMemory {
+    fn commit(self: Box<Self>, name: &str) -> Result<()> {
+        self.backend.put(name, &self.buf)
+    }
 }

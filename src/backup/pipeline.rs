@@ -127,7 +127,7 @@ impl<'a> Session<'a> {
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(1, 8);
-        let buffers = workers + 2;
+        let buffers = workers + 1;
         let mut builders: Vec<TableBuilder> = sources
             .iter()
             .map(|s| TableBuilder::new(s.image.size(), span))
@@ -135,7 +135,7 @@ impl<'a> Session<'a> {
 
         std::thread::scope(|scope| -> Result<()> {
             let (seg_tx, seg_rx) = sync_channel::<Segment>(1);
-            let (res_tx, res_rx) = sync_channel::<Result<Chunked>>(workers);
+            let (res_tx, res_rx) = sync_channel::<Result<Chunked>>(1);
             let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(buffers);
             for _ in 0..buffers {
                 pool_tx.send(Vec::new()).expect("pool has room");
@@ -156,7 +156,10 @@ impl<'a> Session<'a> {
                     }
                 });
             }
+            // Only the workers hold these now: when the writer stops early (an error) and
+            // the workers exit, the reader's next send fails instead of blocking forever.
             drop(res_tx);
+            drop(seg_rx);
             let written = w.take_results(sh, res_rx, &pool_tx, &mut builders, progress);
             drop(pool_tx);
             let read = reader

@@ -141,55 +141,77 @@ pub fn reseal_blob(
 pub use super::files::pack as pack_name;
 
 /// Builds one pack in memory. Packs are tens of MiB, so holding one is a bounded cost.
-pub struct PackWriter {
+/// Writes a pack as its blobs come: to memory (`PackWriter::new`) or to a staged object
+/// of the backend (`PackWriter::to`), hashing as it goes, since the pack's name is the hash
+/// of all its bytes.
+pub struct PackWriter<W = Vec<u8>> {
     header: FileHeader,
-    buf: Vec<u8>,
+    out: W,
+    len: usize,
+    hasher: blake3::Hasher,
     entries: Vec<PackEntry>,
 }
 
-impl PackWriter {
+impl PackWriter<Vec<u8>> {
     /// `header` carries the session salt the blobs were sealed under.
     pub fn new(header: FileHeader, capacity: usize) -> PackWriter {
-        let mut buf = Vec::with_capacity(capacity + 64 * 1024);
-        buf.extend_from_slice(&header.encode());
-        PackWriter {
+        PackWriter::to(header, Vec::with_capacity(capacity + 64 * 1024))
+            .expect("writing to memory cannot fail")
+    }
+}
+
+impl<W: std::io::Write> PackWriter<W> {
+    pub fn to(header: FileHeader, out: W) -> std::io::Result<PackWriter<W>> {
+        let mut w = PackWriter {
             header,
-            buf,
+            out,
+            len: 0,
+            hasher: blake3::Hasher::new(),
             entries: Vec::new(),
-        }
+        };
+        w.put(&header.encode())?;
+        Ok(w)
     }
 
-    pub fn add(&mut self, blob: &SealedBlob) {
+    fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(b)?;
+        self.hasher.update(b);
+        self.len += b.len();
+        Ok(())
+    }
+
+    pub fn add(&mut self, blob: &SealedBlob) -> std::io::Result<()> {
         self.entries.push(PackEntry {
             kind: blob.kind,
             id: blob.id,
-            offset: self.buf.len() as u32,
+            offset: self.len as u32,
             length: blob.bytes.len() as u32,
             raw_len: blob.raw_len,
         });
-        self.buf.extend_from_slice(&blob.bytes);
+        self.put(&blob.bytes)
     }
 
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    /// Seals the table of contents onto the end; returns the pack's id, bytes and entries.
-    pub fn finish(mut self, keys: &Keys) -> (Id, Vec<u8>, Vec<PackEntry>) {
+    /// Seals the table of contents onto the end; returns the pack's id, its bytes (or
+    /// staged object) and entries.
+    pub fn finish(mut self, keys: &Keys) -> std::io::Result<(Id, W, Vec<PackEntry>)> {
         let mut toc = Vec::with_capacity(4 + self.entries.len() * ENTRY_LEN);
         toc.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for e in &self.entries {
             e.encode_into(&mut toc);
         }
         let sealed = self.header.sealer(keys).seal(&toc, &self.header.encode());
-        self.buf.extend_from_slice(&sealed);
-        self.buf
-            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-        (Id::of_file(&self.buf), self.buf, self.entries)
+        self.put(&sealed)?;
+        self.put(&(sealed.len() as u32).to_le_bytes())?;
+        let id = Id(*self.hasher.finalize().as_bytes());
+        Ok((id, self.out, self.entries))
     }
 }
 
@@ -330,9 +352,11 @@ mod tests {
         let mut w = PackWriter::new(header, 1 << 20);
         let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + i as usize]).collect();
         for c in &chunks {
-            w.add(&seal_blob(&sealer, BlobKind::Data, keys.chunk_id(c), c, 3));
+            w.add(&seal_blob(&sealer, BlobKind::Data, keys.chunk_id(c), c, 3))
+                .unwrap();
         }
-        let (id, bytes, entries) = w.finish(&keys);
+        let (id, bytes, entries) = w.finish(&keys).unwrap();
+        assert_eq!(id, Id::of_file(&bytes));
         let parsed = parse_pack(&keys, &id, &bytes).unwrap();
         assert_eq!(parsed.entries, entries);
         let sealer = parsed.header.sealer(&keys);

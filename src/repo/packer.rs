@@ -1,8 +1,10 @@
 //! Turns a stream of sealed blobs into packs and index files, for backup and for prune's
 //! repacking alike.
 //!
-//! Packs are written (and fsynced) by a thread of their own so the caller keeps producing
-//! blobs while the disk flushes; at most two finished packs wait in memory. An index file is
+//! Blobs go straight into a staged object of the backend as they come (on a folder, a
+//! temporary file: no pack is held in memory); finished packs are made durable (fsync,
+//! rename; on object storage, uploaded) by threads of their own so the caller keeps
+//! producing blobs meanwhile. An index file is
 //! written only for packs already durable: packs → index is the order that makes a crash at
 //! any instant harmless.
 
@@ -10,6 +12,7 @@ use super::envelope::{FileHeader, FileKind};
 use super::index::{IndexFile, IndexPack};
 use super::pack::{pack_name, PackWriter, SealedBlob};
 use super::Repository;
+use crate::backend::Staged;
 use crate::crypto::Sealer;
 use crate::{Error, Result};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -26,7 +29,7 @@ pub struct WrittenIndex {
 
 struct Upload {
     name: String,
-    bytes: Vec<u8>,
+    staged: Box<dyn Staged>,
     entry: IndexPack,
 }
 
@@ -34,7 +37,7 @@ pub struct Packer<'a> {
     repo: &'a Repository,
     header: FileHeader,
     sealer: Sealer,
-    pack: Option<PackWriter>,
+    pack: Option<PackWriter<Box<dyn Staged>>>,
     uploads: Option<SyncSender<Upload>>,
     uploaded: Receiver<Result<IndexPack>>,
     uploader: Option<JoinHandle<()>>,
@@ -49,20 +52,19 @@ impl<'a> Packer<'a> {
     pub fn new(repo: &'a Repository) -> Packer<'a> {
         let header = FileHeader::new(FileKind::Pack, &repo.keys);
         // Object storage gets several uploads in flight (each waits on the network); a
-        // folder one. Memory: at most that many packs, plus one queued.
+        // folder one. Memory on object storage: that many packs, plus the one being filled.
         let n = repo.backend.parallel_writes().clamp(1, 8);
-        let (up_tx, up_rx) = sync_channel::<Upload>(1);
+        let (up_tx, up_rx) = sync_channel::<Upload>(0);
         let up_rx = std::sync::Arc::new(std::sync::Mutex::new(up_rx));
         let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let backend = repo.backend.clone();
         let uploader = std::thread::spawn(move || {
             std::thread::scope(|s| {
                 for _ in 0..n {
-                    let (up_rx, done_tx, backend) = (up_rx.clone(), done_tx.clone(), &backend);
+                    let (up_rx, done_tx) = (up_rx.clone(), done_tx.clone());
                     s.spawn(move || loop {
                         let next = up_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                         let Ok(u) = next else { return };
-                        let r = backend.put(&u.name, &u.bytes).map(|()| u.entry);
+                        let r = u.staged.commit(&u.name).map(|()| u.entry);
                         // Tests: killed with other uploads in flight, no index written.
                         crate::crash_point("pack-uploaded");
                         let failed = r.is_err();
@@ -95,11 +97,18 @@ impl<'a> Packer<'a> {
     pub fn add(&mut self, blob: &SealedBlob) -> Result<Option<WrittenIndex>> {
         self.bytes_stored += blob.bytes.len() as u64;
         let pack_size = self.repo.config.pack_size as usize;
-        let header = self.header;
-        let pack = self
-            .pack
-            .get_or_insert_with(|| PackWriter::new(header, pack_size));
-        pack.add(blob);
+        let pack = match &mut self.pack {
+            Some(p) => p,
+            None => {
+                let staged =
+                    crate::backend::stage(&self.repo.backend, "data", pack_size + 64 * 1024)?;
+                let w = PackWriter::to(self.header, staged).map_err(|e| self.write_err(e))?;
+                self.pack.insert(w)
+            }
+        };
+        if let Err(e) = pack.add(blob) {
+            return Err(self.write_err(e));
+        }
         if pack.len() < pack_size {
             return Ok(None);
         }
@@ -122,10 +131,12 @@ impl<'a> Packer<'a> {
         let Some(pack) = self.pack.take().filter(|p| !p.is_empty()) else {
             return Ok(());
         };
-        let (id, bytes, entries) = pack.finish(&self.repo.keys);
+        let (id, staged, entries) = pack
+            .finish(&self.repo.keys)
+            .map_err(|e| self.write_err(e))?;
         let upload = Upload {
             name: pack_name(&id),
-            bytes,
+            staged,
             entry: IndexPack {
                 pack: id,
                 salt: self.header.salt,
@@ -158,6 +169,13 @@ impl<'a> Packer<'a> {
             }
         }
         Ok(())
+    }
+
+    fn write_err(&self, e: std::io::Error) -> Error {
+        Error::io(
+            format!("writing a pack in {}", self.repo.backend.location()),
+            e,
+        )
     }
 
     fn write_index(&mut self) -> Result<Option<WrittenIndex>> {

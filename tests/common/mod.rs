@@ -168,10 +168,15 @@ impl Env {
         out
     }
 
+    /// The complete packs (a pack being written is a `.tmp-…` file in `data/`).
     pub fn packs(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for d in std::fs::read_dir(self.repo.join("data")).unwrap() {
-            for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let d = d.unwrap().path();
+            if !d.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(d).unwrap() {
                 out.push(f.unwrap().path());
             }
         }
