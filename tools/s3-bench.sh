@@ -6,7 +6,7 @@
 #                     [--workdir /tmp/cairn-s3-bench] [--out s3-results.md]
 #                     [--fleet-rounds 3] [--fleet-per-round-mib 64] [--seed 1]
 #                     [--phases throughput,density,fleet] [--no-build]
-#                     [--cairn-bin PATH] [--keep]
+#                     [--cairn-bin PATH] [--keep] [--resume]
 #
 # Phases:
 #   1. cargo build --release (skipped with --no-build / --cairn-bin); the binary runs
@@ -27,14 +27,18 @@
 #      (RUST_LOG=s3s::service=debug prints one `req:` line per HTTP request, keep-alive
 #      or not: method, URI and headers, so ranged GETs and PUT sizes are seen).
 #   4. density: a local unencrypted repository of base.img at --chunk-size 4096 (many
-#      blobs), to measure the index cache (index-v3.redb) and index/ bytes per blob.
-#   5. fleet: four proxies (separate CAIRN_CACHE_DIR each) back up four VMs (copies
-#      of base.img = the same OS, plus --fleet-per-round-mib of their own random data
-#      per round written with qemu-io) into one repository, all four at once, for
+#      blobs), to measure the index cache (index-v3.redb) and index/ bytes per blob, and
+#      the peak RSS of a prune (mark + plan over every blob, nothing to free).
+#   5. fleet: four proxies (separate CAIRN_CACHE_DIR each) back up four VMs (qcow2
+#      linked clones of a copy of base.img = the same OS, each with --fleet-per-round-mib
+#      of its own random data per round written with qemu-io; disks of 4 GiB each
+#      while the workdir holds one copy of the OS) into one repository, all four at once, for
 #      --fleet-rounds rounds; then `forget --keep-last 1 --prune` (records what is
 #      unused) and `prune --grace 0s` (sweeps it), each timed, with the repository size
 #      before and after and the index cache size of each proxy. Local and S3.
 #   6. markdown to --out and stdout: medians and min-max over the runs.
+# --resume keeps the rows and logs of an earlier run in the same workdir (e.g. to add
+# --phases fleet to a run that stopped), and the report covers both.
 #
 # The page cache is not dropped (warm-cache figures; the image is read with cat before
 # each backup). The machine may be shared: "other CPU" is the whole machine's busy CPU
@@ -57,6 +61,7 @@ BUILD=1
 CAIRN_BIN=
 KEEP=0
 QUIET_WAIT=0
+RESUME=0
 
 usage() { sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
@@ -73,6 +78,7 @@ while [[ $# -gt 0 ]]; do
         --no-build) BUILD=0; shift ;;
         --cairn-bin) CAIRN_BIN=$2; BUILD=0; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --resume) RESUME=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "s3-bench: unknown argument $1" >&2; usage 2 ;;
     esac
@@ -99,13 +105,19 @@ if [[ -e $WORKDIR && -n $(ls -A "$WORKDIR") && ! -e $WORKDIR/.cairn-s3-bench ]];
 fi
 mkdir -p "$WORKDIR"
 touch "$WORKDIR/.cairn-s3-bench"
-# everything but the images is redone
-find "$WORKDIR" -mindepth 1 -maxdepth 1 ! -name img ! -name .cairn-s3-bench -exec rm -rf -- {} +
+# everything but the images is redone (with --resume: but the rows and logs too)
+if (( RESUME )); then
+    find "$WORKDIR" -mindepth 1 -maxdepth 1 ! -name img ! -name .cairn-s3-bench ! -name logs \
+        ! -name commands.txt ! -name rows.tsv ! -name extra.tsv -exec rm -rf -- {} +
+else
+    find "$WORKDIR" -mindepth 1 -maxdepth 1 ! -name img ! -name .cairn-s3-bench -exec rm -rf -- {} +
+fi
 mkdir -p "$WORKDIR"/{img,logs,tmp,run}
 LOGS=$WORKDIR/logs
 CMDS=$WORKDIR/commands.txt
 ROWS=$WORKDIR/rows.tsv     # section backend run step wall cpu rss other srvcpu mbps requests-json note
-: >"$CMDS"; : >"$ROWS"
+EXTRA=$WORKDIR/extra.tsv   # key value, for the report
+if (( ! RESUME )); then : >"$CMDS"; : >"$ROWS"; : >"$EXTRA"; fi
 export CAIRN_PASSWORD=bench
 unset CAIRN_PASSWORD_FILE CAIRN_REPOSITORY CAIRN_CACHE_DIR || true
 S3_KEY=cairnbench S3_SECRET=cairnbenchsecret
@@ -288,8 +300,6 @@ repo_url() { if [[ $1 == s3 ]]; then echo "s3:http://127.0.0.1:$S3_PORT/bench/$2
 repo_dir() { if [[ $1 == s3 ]]; then echo "$S3_ROOT/bench/$2"; else echo "$WORKDIR/repo/$2"; fi; }
 warm() { cat "$@" >/dev/null; }
 DISK=$WORKDIR/data/disk.img
-EXTRA=$WORKDIR/extra.tsv   # key value, for the report
-: >"$EXTRA"
 extra() { printf '%s\t%s\n' "$1" "$2" >>"$EXTRA"; }
 json_field() { python3 -c 'import json,sys; t=open(sys.argv[1]).read(); j=json.loads(t[t.index("{"):]); print(j.get(sys.argv[2], ""))' "$1" "$2"; }
 
@@ -337,6 +347,8 @@ if have_phase density; then
     run density-init "$CAIRN_BIN" init --encryption none --chunk-size 4096
     measure density local 1 "backup a, 4 KiB chunks" "$IMG_ALLOC" -- "$CAIRN_BIN" backup --json --vm bench "$IMG"
     run density-check "$CAIRN_BIN" check --json
+    measure density local 1 "prune --grace 0s (nothing to free)" 0 -- "$CAIRN_BIN" prune --grace 0s
+    measure density local 1 "check (no --read-data)" 0 -- "$CAIRN_BIN" check --json
     extra "density-blobs" "$(json_field "$LOGS/density-check.out" blobs)"
     extra "density-packs" "$(json_field "$LOGS/density-check.out" packs)"
     extra "density-index-files" "$(json_field "$LOGS/density-check.out" index_files)"
@@ -355,25 +367,29 @@ if have_phase fleet; then
         export CAIRN_REPOSITORY; CAIRN_REPOSITORY=$(repo_url "$be" fleet)
         unset CAIRN_CACHE_DIR
         CAIRN_CACHE_DIR=$WORKDIR/cache/fleet-$be-0 run "fleet-init-$be" "$CAIRN_BIN" init
-        for p in $(seq 0 $((VMS - 1))); do cp --sparse=always "$IMG" "$WORKDIR/fleet/vm$p.img"; done
+        cp --sparse=always "$IMG" "$WORKDIR/fleet/os.img"
+        for p in $(seq 0 $((VMS - 1))); do
+            qemu-img create -q -f qcow2 -b os.img -F raw "$WORKDIR/fleet/vm$p.qcow2"
+        done
+        warm "$WORKDIR/fleet/os.img"
         osend=$(( IMG_BYTES * 3 / 4 ))
         per=$(( FLEET_PER_ROUND_MIB * 1048576 ))
         for round in $(seq 1 "$FLEET_ROUNDS"); do
             for p in $(seq 0 $((VMS - 1))); do
                 python3 -c 'import random,sys; sys.stdout.buffer.write(random.Random(sys.argv[1]).randbytes(int(sys.argv[2])))' \
                     "vm$p/round$round/$SEED" "$per" >"$WORKDIR/tmp/own.bin"
-                qemu-io -f raw "$WORKDIR/fleet/vm$p.img" -c "write -q -s $WORKDIR/tmp/own.bin $((osend + (round - 1) * per)) $per" >/dev/null
-                warm "$WORKDIR/fleet/vm$p.img"
+                qemu-io -f qcow2 "$WORKDIR/fleet/vm$p.qcow2" -c "write -q -s $WORKDIR/tmp/own.bin $((osend + (round - 1) * per)) $per" >/dev/null
+                warm "$WORKDIR/fleet/vm$p.qcow2"
             done
             rm -f "$WORKDIR/tmp/own.bin"
             # the four proxies at once; the round is timed as a whole (request counts too)
             b0=$(busy_ticks); s0=$(srv_ticks); l0=$(log_size); t0=$(date +%s.%N)
             pids=()
             for p in $(seq 0 $((VMS - 1))); do
-                logcmd env "CAIRN_CACHE_DIR=$WORKDIR/cache/fleet-$be-$p" "$CAIRN_BIN" backup --json --vm "vm$p" "$WORKDIR/fleet/vm$p.img" "&"
+                logcmd env "CAIRN_CACHE_DIR=$WORKDIR/cache/fleet-$be-$p" "$CAIRN_BIN" backup --json --vm "vm$p" "$WORKDIR/fleet/vm$p.qcow2" "&"
                 CAIRN_CACHE_DIR=$WORKDIR/cache/fleet-$be-$p /usr/bin/time -f '%e %U %S %M' \
                     -o "$LOGS/fleet-$be-r$round-p$p.time" -- "$CAIRN_BIN" backup --json --vm "vm$p" \
-                    "$WORKDIR/fleet/vm$p.img" </dev/null >"$LOGS/fleet-$be-r$round-p$p.out" 2>"$LOGS/fleet-$be-r$round-p$p.err" &
+                    "$WORKDIR/fleet/vm$p.qcow2" </dev/null >"$LOGS/fleet-$be-r$round-p$p.out" 2>"$LOGS/fleet-$be-r$round-p$p.err" &
                 pids+=($!)
             done
             for pid in "${pids[@]}"; do wait "$pid" || die "a fleet backup failed (logs $LOGS/fleet-$be-r$round-*)"; done
@@ -384,7 +400,7 @@ if have_phase fleet; then
             rss=$(cat "$LOGS"/fleet-"$be"-r"$round"-p*.time | awk '$4 > m {m = $4} END {print m}')
             srv=$(awk -v d=$((s1 - s0)) -v hz="$HZ" 'BEGIN{printf "%.2f", d/hz}')
             other=$(awk -v d=$((b1 - b0)) -v hz="$HZ" -v c="$cpu" -v s="$srv" 'BEGIN{o = d/hz - c - s - 0.2; printf "%.1f", (o < 0 ? 0 : o)}')
-            mbps=$(awk -v b=$((IMG_ALLOC * VMS)) -v w="$wall" 'BEGIN{printf "%.0f", b/w/1e6}')
+            mbps=$(awk -v b=$(( (IMG_ALLOC + round * per) * VMS)) -v w="$wall" 'BEGIN{printf "%.0f", b/w/1e6}')
             req="{}"; [[ $be == s3 ]] && req=$(python3 "$WORKDIR/s3count.py" "$S3_LOG" "$l0" "$l1")
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' fleet "$be" 1 "round $round: 4 backups at once" \
                 "$wall" "$cpu" "$rss" "$other" "$srv" "$mbps" "$req" >>"$ROWS"
@@ -491,7 +507,13 @@ if "density-blobs" in extra:
     print(f"\n{b} blobs in {extra['density-packs']} packs and {extra['density-index-files']} index files: "
           f"index cache {int(extra['density-cache']) / 2**20:.1f} MiB = {int(extra['density-cache']) / b:.1f} B/blob; "
           f"index/ {int(extra['density-indexdir']) / 2**20:.1f} MiB = {int(extra['density-indexdir']) / b:.1f} B/blob; "
-          f"snapshot file {int(extra['density-snapshot'])} B.\n")
+          f"snapshot file {int(extra['density-snapshot'])} B.")
+    pr = [r for r in rows if r[0] == "density" and r[3].startswith("prune")]
+    if pr:
+        rss = statistics.median(float(r[6]) * 1024 for r in pr); cpu = statistics.median(float(r[5]) for r in pr)
+        print(f"Prune over these {b} blobs: peak RSS {rss / 2**20:.0f} MiB = {rss / b:.0f} B/blob (upper bound: "
+              f"includes the process's fixed ~70 MiB), CPU {cpu:.2f} s = {cpu / b * 1e6:.1f} µs/blob.")
+    print()
 if any(r[0] == "fleet" for r in rows):
     print("## Fleet: 4 proxies, then forget --keep-last 1 --prune and prune --grace 0s\n")
     table("fleet")
@@ -512,6 +534,86 @@ if any(r[0] == "fleet" for r in rows):
                   f"({extra[f'fleet-blobs-after-{be}']} blobs); index cache per proxy "
                   + ", ".join(f"{c:.2f}" for c in caches) + " MiB")
 EOF
+python3 - "$ROWS" "$EXTRA" >"$WORKDIR/model.md" <<'EOF' || info "model: not enough measurements (run the throughput and density phases)"
+# On-paper model for a large fleet, from this run's sizes. Every assumption is an
+# environment variable (MODEL_*), printed with the result.
+import json, math, os, statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+extra = dict(l.rstrip("\n").split("\t", 1) for l in open(sys.argv[2]) if "\t" in l)
+E = lambda k, d: float(os.environ.get(k, d))
+vms = E("MODEL_VMS", 10000); logical = E("MODEL_LOGICAL_BYTES", 1e15)
+alloc_frac = E("MODEL_ALLOCATED", 0.5); dedup = E("MODEL_UNIQUE_SHARE", 0.6)
+comp = E("MODEL_STORED_PER_UNIQUE", 0.7); change = E("MODEL_DAILY_CHANGE", 0.01)
+keep = E("MODEL_SNAPSHOTS_PER_VM", 30); span_share = E("MODEL_CHANGED_SPANS", 1.0)
+lat = E("MODEL_GET_LATENCY_S", 0.015); list_lat = E("MODEL_LIST_LATENCY_S", 0.1)
+bw = E("MODEL_BANDWIDTH_BPS", 1e9); chunk = 32768; pack = 32 * 2**20; span = 2**30
+# measured here
+# per-blob costs: the slope between the throughput repositories (32 KiB chunks, fewer
+# blobs) and the density one (4 KiB chunks, many), so fixed sizes cancel out
+b = int(extra["density-blobs"])
+b0 = statistics.median(int(v) for k, v in extra.items() if k.startswith("blobs-local-"))
+def slope(big, small):
+    return (big - small) / (b - b0)
+cache_pb = slope(int(extra["density-cache"]), statistics.median(int(v) for k, v in extra.items() if k.startswith("cache-local-")))
+index_pb = slope(int(extra["density-indexdir"]), statistics.median(int(v) for k, v in extra.items() if k.startswith("indexdir-local-")))
+pr = [r for r in rows if r[0] == "density" and r[3].startswith("prune")]
+pr0 = [r for r in rows if r[0] == "tp" and r[1] == "local" and r[3] == "prune --grace 0s"]
+prune_rss_pb = slope(statistics.median(float(r[6]) * 1024 for r in pr), statistics.median(float(r[6]) * 1024 for r in pr0))
+prune_cpu_pb = statistics.median(float(r[5]) for r in pr) / b
+alloc = logical * alloc_frac; unique0 = alloc * dedup
+unique = unique0 + alloc * change * (keep - 1)
+stored = unique * comp
+blobs = unique / chunk
+packs = stored / pack
+snaps = vms * keep
+per_vm_alloc = alloc / vms
+tables_per_snap = math.ceil(logical / vms / span)
+entries_per_snap = per_vm_alloc / chunk
+table_bytes = entries_per_snap * 37 + tables_per_snap * 5
+distinct_tables = vms * tables_per_snap * (1 + (keep - 1) * span_share)
+mark_bytes = distinct_tables * table_bytes / tables_per_snap
+index_files = vms * keep + blobs / 65536
+cache = blobs * cache_pb
+index_bytes = blobs * index_pb
+lists = math.ceil(packs / 1000) + math.ceil(index_files / 1000) + math.ceil(snaps / 1000) + 4
+gets = snaps + 2 * index_files + distinct_tables
+t_list = lists * list_lat
+t_get = gets * lat
+t_bytes = (mark_bytes + 2 * index_bytes) / bw
+t_cpu = blobs * prune_cpu_pb
+G, T = 1e9, 1e12
+print("## On-paper model: %.0f VMs, %.1f PB logical\n" % (vms, logical / 1e15))
+print("Assumptions (environment variables of tools/s3-bench.sh; defaults shown):\n")
+print(f"- {logical / vms / 2**30:.0f} GiB of disk per VM (MODEL_LOGICAL_BYTES / MODEL_VMS); {alloc_frac:.0%} of it allocated (MODEL_ALLOCATED; the test image: {int(os.environ['IMG_ALLOC']) / int(os.environ['IMG_BYTES']):.0%}).")
+print(f"- Unique share after deduplication across the fleet of the first full backups: {dedup:.0%} (MODEL_UNIQUE_SHARE; OS images shared, data not).")
+print(f"- Stored bytes per unique byte after zstd-3 and encryption: {comp:.2f} (MODEL_STORED_PER_UNIQUE; the gen-tree image gave {int(extra.get('stored-a-local-1', 0)) / int(os.environ['IMG_ALLOC']):.2f}, real VM data compresses less).")
+print(f"- Daily change {change:.0%} of the allocated data, all of it new (MODEL_DAILY_CHANGE); {keep:.0f} snapshots kept per VM (MODEL_SNAPSHOTS_PER_VM).")
+print(f"- Share of 1 GiB table spans that change between two snapshots: {span_share:.0%} (MODEL_CHANGED_SPANS; 1% of scattered writes touches every span).")
+print(f"- Average chunk 32 KiB, pack 32 MiB, table span 1 GiB, 37 B per chunk in a table (repo-format.md sections 3, 7, 10).")
+print(f"- Measured here: index cache {cache_pb:.0f} B/blob, index/ {index_pb:.1f} B/blob, prune peak RSS {prune_rss_pb:.0f} B/blob and CPU {prune_cpu_pb * 1e6:.1f} µs/blob (density phase against the throughput runs: the slope, so fixed sizes cancel).")
+print(f"- Store: {lat * 1000:.0f} ms per GET, {list_lat * 1000:.0f} ms per LIST page of 1000 keys, {bw / 1e9:.1f} GB/s (MODEL_GET_LATENCY_S, MODEL_LIST_LATENCY_S, MODEL_BANDWIDTH_BPS); cairn's prune reads one object or range at a time.\n")
+print("| quantity | value | how |")
+print("|---|---:|---|")
+print(f"| allocated data | {alloc / T:,.0f} TB | logical × allocated |")
+print(f"| unique data (before compression) | {unique / T:,.0f} TB | first fulls × unique share + {keep - 1:.0f} days of change |")
+print(f"| stored | {stored / T:,.0f} TB | × stored per unique |")
+print(f"| blobs | {blobs / 1e9:,.1f} billion | unique / 32 KiB |")
+print(f"| packs | {packs / 1e6:,.1f} million | stored / 32 MiB |")
+print(f"| index files | {index_files / 1e6:,.2f} million | one per backup session kept + one per 65,536 blobs |")
+print(f"| snapshots | {snaps / 1e3:,.0f} thousand | VMs × kept |")
+print(f"| index cache per proxy | {cache / T:,.2f} TB | blobs × {cache_pb:.0f} B (every proxy indexes every blob) |")
+print(f"| index/ in the repository | {index_bytes / T:,.2f} TB | blobs × {index_pb:.1f} B; a new proxy downloads it all |")
+print(f"| tables per snapshot | {tables_per_snap} of {table_bytes / tables_per_snap / 1e6:.2f} MB | disk / 1 GiB; allocated / 32 KiB × 37 B |")
+print(f"| prune: LIST pages | {lists:,.0f} | data/ + index/ + snapshots/ + small folders, 1000 keys each; {lists * 0.005 / 1000:.2f} USD at 0.005 USD per 1000 |")
+print(f"| prune: GETs | {gets / 1e6:,.1f} million | every snapshot, every index file (twice: adopt and plan; a third time for a sweep), every distinct table |")
+print(f"| prune: mark reads | {mark_bytes / T:,.1f} TB | distinct tables × table bytes |")
+print(f"| prune: memory | {blobs * prune_rss_pb / T:,.1f} TB | blobs × {prune_rss_pb:.0f} B (sets of every needed id, every index entry) |")
+print(f"| prune: time in LIST | {t_list / 3600:,.1f} h | pages × {list_lat * 1000:.0f} ms |")
+print(f"| prune: time in GET latency | {t_get / 3600:,.1f} h | GETs × {lat * 1000:.0f} ms, one at a time |")
+print(f"| prune: transfer | {t_bytes / 3600:,.1f} h | (mark reads + 2 × index/) / bandwidth |")
+print(f"| prune: CPU | {t_cpu / 3600:,.1f} h | blobs × {prune_cpu_pb * 1e6:.1f} µs |")
+print(f"| prune: total (sum) | {(t_list + t_get + t_bytes + t_cpu) / 3600:,.0f} h | |")
+EOF
 {
     echo "# cairn on S3 vs local disk"
     echo
@@ -522,6 +624,7 @@ EOF
     echo
     cat "$OUT.body"
     echo
+    if [[ -s $WORKDIR/model.md ]]; then cat "$WORKDIR/model.md"; echo; fi
     echo "## Commands"
     echo
     echo '```sh'
