@@ -7,6 +7,7 @@
 #                     [--fleet-rounds 3] [--fleet-per-round-mib 64] [--seed 1]
 #                     [--phases throughput,density,fleet] [--no-build]
 #                     [--cairn-bin PATH] [--keep] [--resume]
+#                     [--backends local,s3] [--ext s3:http://HOST:PORT/BUCKET]
 #
 # Phases:
 #   1. cargo build --release (skipped with --no-build / --cairn-bin); the binary runs
@@ -37,6 +38,10 @@
 #      unused) and `prune --grace 0s` (sweeps it), each timed, with the repository size
 #      before and after and the index cache size of each proxy. Local and S3.
 #   6. markdown to --out and stdout: medians and min-max over the runs.
+# --ext URL adds a third backend "ext", any S3 endpoint (e.g. Ceph RGW from
+# tools/ceph-rgw.sh), with keys from EXT_AWS_ACCESS_KEY_ID / EXT_AWS_SECRET_ACCESS_KEY; its
+# repositories go under URL/bench-<time>/ and are left there; no request counts for it.
+# --backends picks among local, s3, ext (default: local,s3, plus ext with --ext).
 # --resume keeps the rows and logs of an earlier run in the same workdir (e.g. to add
 # --phases fleet to a run that stopped), and the report covers both.
 #
@@ -62,6 +67,8 @@ CAIRN_BIN=
 KEEP=0
 QUIET_WAIT=0
 RESUME=0
+BACKENDS_ARG=
+EXT_URL=
 
 usage() { sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
@@ -75,6 +82,8 @@ while [[ $# -gt 0 ]]; do
         --fleet-per-round-mib) FLEET_PER_ROUND_MIB=$2; shift 2 ;;
         --seed) SEED=$2; shift 2 ;;
         --phases) PHASES=$2; shift 2 ;;
+        --backends) BACKENDS_ARG=$2; shift 2 ;;
+        --ext) EXT_URL=${2%/}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --cairn-bin) CAIRN_BIN=$2; BUILD=0; shift 2 ;;
         --keep) KEEP=1; shift ;;
@@ -296,14 +305,42 @@ measure() {
 }
 
 # repo_url BACKEND NAME: the repository URL; repo_dir: where its files are
-repo_url() { if [[ $1 == s3 ]]; then echo "s3:http://127.0.0.1:$S3_PORT/bench/$2"; else echo "$WORKDIR/repo/$2"; fi; }
-repo_dir() { if [[ $1 == s3 ]]; then echo "$S3_ROOT/bench/$2"; else echo "$WORKDIR/repo/$2"; fi; }
+EXT_RUN=bench-$(date -u +%Y%m%dT%H%M%S)
+repo_url() {
+    case $1 in
+        s3) echo "s3:http://127.0.0.1:$S3_PORT/bench/$2" ;;
+        ext) echo "$EXT_URL/$EXT_RUN/$2" ;;
+        *) echo "$WORKDIR/repo/$2" ;;
+    esac
+}
+# where a repository's files are on this machine (none for ext: du then reports nothing)
+repo_dir() {
+    case $1 in
+        s3) echo "$S3_ROOT/bench/$2" ;;
+        ext) echo "$WORKDIR/ext-not-local/$2" ;;
+        *) echo "$WORKDIR/repo/$2" ;;
+    esac
+}
+# use_keys BACKEND: the S3 keys of that backend in the environment
+use_keys() {
+    if [[ $1 == ext ]]; then
+        export AWS_ACCESS_KEY_ID=${EXT_AWS_ACCESS_KEY_ID:?set EXT_AWS_ACCESS_KEY_ID for --ext}
+        export AWS_SECRET_ACCESS_KEY=${EXT_AWS_SECRET_ACCESS_KEY:?set EXT_AWS_SECRET_ACCESS_KEY for --ext}
+    else
+        export AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET
+    fi
+}
 warm() { cat "$@" >/dev/null; }
 DISK=$WORKDIR/data/disk.img
 extra() { printf '%s\t%s\n' "$1" "$2" >>"$EXTRA"; }
 json_field() { python3 -c 'import json,sys; t=open(sys.argv[1]).read(); j=json.loads(t[t.index("{"):]); print(j.get(sys.argv[2], ""))' "$1" "$2"; }
 
-BACKENDS=(local s3)
+if [[ -n $BACKENDS_ARG ]]; then IFS=, read -r -a BACKENDS <<<"$BACKENDS_ARG"
+else BACKENDS=(local s3); [[ -n $EXT_URL ]] && BACKENDS+=(ext); fi
+for be in "${BACKENDS[@]}"; do
+    case $be in local|s3) ;; ext) [[ $EXT_URL == s3:* ]] || die "backend ext needs --ext s3:http://HOST:PORT/BUCKET" ;;
+        *) die "unknown backend $be" ;; esac
+done
 start_s3
 
 # ------------------------------------------------------------ throughput
@@ -311,6 +348,7 @@ if have_phase throughput; then
     for r in $(seq 1 "$RUNS"); do
         for be in "${BACKENDS[@]}"; do
             phase "throughput: $be, run $r of $RUNS"
+            use_keys "$be"
             export CAIRN_REPOSITORY; CAIRN_REPOSITORY=$(repo_url "$be" "t$r")
             export CAIRN_CACHE_DIR=$WORKDIR/cache/t-$be-$r
             mkdir -p "$WORKDIR/repo" "$WORKDIR/data"
@@ -364,6 +402,7 @@ if have_phase fleet; then
     mkdir -p "$WORKDIR/fleet"
     for be in "${BACKENDS[@]}"; do
         phase "fleet: $VMS proxies, $FLEET_ROUNDS rounds, $be"
+        use_keys "$be"
         export CAIRN_REPOSITORY; CAIRN_REPOSITORY=$(repo_url "$be" fleet)
         unset CAIRN_CACHE_DIR
         CAIRN_CACHE_DIR=$WORKDIR/cache/fleet-$be-0 run "fleet-init-$be" "$CAIRN_BIN" init
