@@ -5,6 +5,7 @@ use crate::repo::pack::read_header;
 use crate::repo::Repository;
 use crate::snapshot::load_table;
 use crate::{snapshot, Error, Id, Result};
+use rayon::prelude::*;
 use std::collections::HashSet;
 
 /// Indexes the packs that no index file names; returns what was indexed. A pack no index
@@ -74,32 +75,56 @@ pub fn mark(
 ) -> Result<HashSet<Id>> {
     let reader = cache.reader()?;
     let mut used: HashSet<Id> = HashSet::new();
+    // Each distinct table once (an unchanged span's table is shared by many snapshots),
+    // with the first snapshot and disk naming it, for messages.
+    let mut tables = Vec::new();
     for (sid, snap) in &loaded.snapshots {
         for disk in snap.items() {
             for tid in disk.tables.iter().flatten() {
-                if !used.insert(*tid) {
-                    continue; // an unchanged span: its chunks are marked already
+                if used.insert(*tid) {
+                    tables.push((*tid, sid, snap, disk));
                 }
-                let table = load_table(repo, &reader, tid).map_err(|e| {
-                    Error::Other(format!(
-                        "snapshot {} (VM {}) disk {}: {e}; prune stops and deletes nothing, since \
-                         it cannot tell what is unused",
+            }
+        }
+    }
+    // Tables are read several at a time (on object storage each read waits on the
+    // network), a batch at a time so that memory holds one batch of tables.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(repo.backend.parallel_writes() * 4)
+        .build()
+        .map_err(|e| Error::Other(format!("starting prune's readers: {e}")))?;
+    for batch in tables.chunks(256) {
+        let read: Vec<Result<snapshot::ChunkTable>> = pool.install(|| {
+            batch
+                .par_iter()
+                .map_init(
+                    || cache.reader(),
+                    |r, (tid, sid, snap, disk)| {
+                        let r = r.as_ref().map_err(|e| Error::Other(e.to_string()))?;
+                        load_table(repo, r, tid).map_err(|e| {
+                            Error::Other(format!(
+                                "snapshot {} (VM {}) disk {}: {e}; prune stops and deletes \
+                                 nothing, since it cannot tell what is unused",
+                                sid.short(),
+                                snap.vm,
+                                disk.name
+                            ))
+                        })
+                    },
+                )
+                .collect()
+        });
+        for (table, (_, sid, snap, _)) in read.into_iter().zip(batch) {
+            for cid in table?.extents.iter().filter_map(|e| e.id) {
+                if used.insert(cid) && !reader.contains(&cid)? {
+                    return Err(Error::Other(format!(
+                        "snapshot {} (VM {}) needs chunk {}, which no index file and no pack \
+                         header names; prune stops and deletes nothing. Run `cairn check \
+                         --read-data`",
                         sid.short(),
                         snap.vm,
-                        disk.name
-                    ))
-                })?;
-                for cid in table.extents.iter().filter_map(|e| e.id) {
-                    if used.insert(cid) && !reader.contains(&cid)? {
-                        return Err(Error::Other(format!(
-                            "snapshot {} (VM {}) needs chunk {}, which no index file and no pack \
-                             header names; prune stops and deletes nothing. Run `cairn check \
-                             --read-data`",
-                            sid.short(),
-                            snap.vm,
-                            cid.short()
-                        )));
-                    }
+                        cid.short()
+                    )));
                 }
             }
         }
