@@ -329,7 +329,8 @@ EOF
 # ------------------------------------------------------------ helpers
 jget() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
 dev_sectors() {   # sectors read + written on the workdir's disk so far
-    if [[ -n $DISK_DEV ]]; then awk -v d="$DISK_DEV" '$3 == d {print $6 + $10}' /proc/diskstats; else echo 0; fi
+    # printf, not print: mawk prints sums above 2^31 as 3.58247e+09, which bash cannot subtract
+    if [[ -n $DISK_DEV ]]; then awk -v d="$DISK_DEV" '$3 == d {printf "%.0f\n", $6 + $10}' /proc/diskstats; else echo 0; fi
 }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 night_date() { date -u -d "2026-01-01 +$(( $1 - 1 )) days" +%F; }
