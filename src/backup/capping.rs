@@ -25,7 +25,7 @@ pub(super) struct Capping {
     pub rewritten: AtomicU64,
 }
 
-/// Packs per segment kept before rewriting (from the fragmentation study, BENCHMARKS.md G).
+/// Packs per segment kept before rewriting (from the fragmentation study, BENCHMARKS.md H).
 pub(super) const MAX_PACKS: usize = 3;
 
 impl Capping {
