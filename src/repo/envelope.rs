@@ -155,7 +155,20 @@ pub fn decompress(payload: &[u8], raw_len: usize, name: &dyn Fn() -> String) -> 
     let out = match comp {
         COMP_NONE => data.to_vec(),
         COMP_ZSTD if raw_len <= MAX_RESERVE => {
-            zstd::bulk::decompress(data, raw_len).map_err(zstd_err)?
+            thread_local! {
+                // One decompression context per thread: making one per chunk was 6 % of a
+                // changed-block backup's time (perf, BENCHMARKS.md G).
+                static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                    const { std::cell::RefCell::new(None) };
+            }
+            DCTX.with(|d| {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = Some(zstd::bulk::Decompressor::new()?);
+                }
+                d.as_mut().expect("just made").decompress(data, raw_len)
+            })
+            .map_err(zstd_err)?
         }
         COMP_ZSTD => {
             use std::io::Read;
