@@ -72,6 +72,14 @@ def main():
     zgroup = 0
     group = []
     group_len = 0
+    class Counter:              # the one stream's compressed bytes, counted, not kept
+        n = 0
+
+        def write(self, b):
+            Counter.n += len(b)
+            return len(b)
+    # its own context: cctx is also used for the per-block and per-group numbers
+    sobj = zstandard.ZstdCompressor(level=a.level).stream_writer(Counter(), closefd=False)
 
     def flush_group():
         nonlocal zgroup, group, group_len
@@ -107,19 +115,26 @@ def main():
                     b = bytes(blk)
                     zblock += min(len(cctx.compress(b)), len(b))
                     group.append(b)
+                    sobj.write(b)
                     group_len += len(b)
                     if group_len >= group_size:
                         flush_group()
                 pos += len(buf)
         os.close(fd)
         unique += new
+        sobj.flush(zstandard.FLUSH_BLOCK)
+        zstream = Counter.n
         st["images"].append({"path": path, "nonzero_blocks": blocks, "new_unique_blocks": new,
-                             "cum_zstd_block_bytes": zblock})
+                             "cum_unique_blocks": unique, "cum_zstd_block_bytes": zblock,
+                             "cum_zstd_stream_bytes": zstream})
         print(f"[floor] {os.path.basename(path)}: {blocks} non-zero blocks, {new} new unique "
               f"({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
     flush_group()
+    sobj.flush(zstandard.FLUSH_FRAME)
+    zstream = Counter.n
     st.update({"unique_blocks": unique, "raw_bytes": unique * B,
-               "zstd_block_bytes": zblock, "zstd_group_bytes": zgroup})
+               "zstd_block_bytes": zblock, "zstd_group_bytes": zgroup,
+               "zstd_stream_bytes": zstream})
     if a.json:
         print(json.dumps(st))
     else:
@@ -127,6 +142,7 @@ def main():
         print(f"unique non-zero {B}-byte blocks: {unique} ({unique * B / M:.1f} MiB raw)")
         print(f"zstd -{a.level} per block:          {zblock / M:.1f} MiB")
         print(f"zstd -{a.level} per {a.group_mib:g} MiB group:    {zgroup / M:.1f} MiB")
+        print(f"zstd -{a.level} one stream:        {zstream / M:.1f} MiB")
 
 
 if __name__ == "__main__":
