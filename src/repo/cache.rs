@@ -256,7 +256,7 @@ impl IndexCache {
                     entries += idx.blob_count();
                     batch.push((name, idx));
                     if entries >= MERGE_BATCH {
-                        self.add_all(&batch, true)?;
+                        self.add_batch(&batch)?;
                         batch.clear();
                         entries = 0;
                     }
@@ -266,8 +266,13 @@ impl IndexCache {
                 Err(e) => return Err(e),
             }
         }
-        self.add_all(&batch, true)?;
+        self.add_batch(&batch)?;
         Ok((!vanished).then_some(skipped))
+    }
+
+    fn add_batch(&self, batch: &[(&String, IndexFile)]) -> Result<()> {
+        let refs: Vec<(&String, &IndexFile)> = batch.iter().map(|(n, i)| (*n, i)).collect();
+        self.add_all(&refs, true)
     }
 
     /// Records that every chunk of these tables is in the index.
@@ -285,7 +290,7 @@ impl IndexCache {
 
     /// Records a newly written (or newly found) index file.
     pub fn add(&self, name: &str, idx: &IndexFile) -> Result<()> {
-        self.add_all(&[(name, idx.clone())], false)
+        self.add_all(&[(name, idx)], false)
     }
 
     /// Records index files in one transaction. A backup's own index files are added
@@ -293,7 +298,7 @@ impl IndexCache {
     /// command durably); a merge's batches are durable, since redb reuses only the pages
     /// that a durable commit freed: without that, ten batches of random keys (each
     /// touching most leaves) left the cache at 326 bytes per blob.
-    fn add_all<N: AsRef<str>>(&self, files: &[(N, IndexFile)], durable: bool) -> Result<()> {
+    fn add_all<N: AsRef<str>>(&self, files: &[(N, &IndexFile)], durable: bool) -> Result<()> {
         if files.is_empty() {
             return Ok(());
         }
@@ -481,7 +486,9 @@ mod tests {
                 ),
             ];
             let [first, second] = order;
-            cache.add_all(&files[first..=first], true).unwrap();
+            cache
+                .add_all(&[(files[first].0, &files[first].1)], true)
+                .unwrap();
             cache.add(files[second].0, &files[second].1).unwrap();
             let r = cache.reader().unwrap();
             assert_eq!(r.get(&Id([9; 32])).unwrap().unwrap().pack, Id([2; 32]));
