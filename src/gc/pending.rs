@@ -116,3 +116,70 @@ pub fn complete(
     };
     repo.backend.put(name, &encode(repo, &r))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::InitOptions;
+
+    /// Records are read by every backup and prune, from a repository anyone with write
+    /// access to the share (or bucket) can change: seeded mutations of a record's bytes
+    /// and of its JSON (sealed again, so they reach the parser) never panic, and a record
+    /// that does not parse is only ever reported as unreadable, never acted on.
+    #[test]
+    fn mutated_records_are_unreadable_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path(), None, &InitOptions::default()).unwrap();
+        let (name, record) = write(&repo, vec![Id([3; 32]), Id([4; 32])]).unwrap();
+        complete(&repo, &name, &record, vec!["locks/ab".into()]).unwrap();
+        let good = repo.backend.get(&name).unwrap();
+        let json = serde_json::to_vec(&Record {
+            writers: Some(vec!["locks/ab".into()]),
+            ..record.clone()
+        })
+        .unwrap();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        };
+        let cases = 3000;
+        let (mut parsed, mut refused) = (0, 0);
+        for case in 0..cases {
+            let base = if case % 2 == 0 { &good } else { &json };
+            let mut m = base.clone();
+            for _ in 0..1 + next(4) {
+                match next(4) {
+                    0 => m.truncate(next(m.len() + 1)),
+                    1 if !m.is_empty() => {
+                        let i = next(m.len());
+                        m[i] ^= 1 << next(8);
+                    }
+                    2 if !m.is_empty() => {
+                        let i = next(m.len());
+                        m[i] = b"{}[]\",:0-9e\\"[next(12)];
+                    }
+                    _ => m.extend((0..next(40)).map(|_| next(256) as u8)),
+                }
+            }
+            let bytes = if case % 2 == 0 {
+                m
+            } else {
+                envelope::encode_file(FileKind::Pending, &repo.keys, &m, 3)
+            };
+            repo.backend.put(&name, &bytes).unwrap();
+            let (ok, bad) = list(&repo).unwrap();
+            parsed += ok.len();
+            refused += bad.len();
+            assert_eq!(ok.len() + bad.len(), 1, "case {case}");
+            if let Some(f) = ok.first() {
+                // Whatever parsed is a well-formed record; nothing else is acted on.
+                assert!(f.record.candidates.len() < 1 << 20);
+            }
+        }
+        assert!(refused > cases / 2, "{refused} of {cases} refused");
+        eprintln!("pending records: {cases} mutated, {parsed} still parsed, {refused} refused");
+    }
+}
