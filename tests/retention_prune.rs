@@ -334,6 +334,28 @@ fn frozen_backup(env: &Env, img: &Path) -> std::process::Child {
     backup
 }
 
+/// Stops a process that is retrying for a lock at a moment when it holds none: each attempt
+/// writes a lock and deletes it again when it conflicts, and a process frozen in between would
+/// keep everyone else out.
+fn stop_between_attempts(env: &Env, waiting: &std::process::Child) {
+    let pid = waiting.id();
+    for _ in 0..100 {
+        signal(waiting, "STOP");
+        let locks: serde_json::Value = serde_json::from_str(&env.ok(&["locks", "--json"])).unwrap();
+        let holds = locks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["lock"]["pid"].as_u64() == Some(pid as u64));
+        if !holds {
+            return;
+        }
+        signal(waiting, "CONT");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the waiting prune always held a lock");
+}
+
 /// Stops (`STOP`) or resumes (`CONT`) a process.
 fn signal(child: &std::process::Child, sig: &str) {
     let ok = std::process::Command::new("kill")
@@ -379,7 +401,7 @@ fn prune_during_a_running_backup_never_removes_its_chunks() {
         waiting.try_wait().unwrap().is_none(),
         "the exclusive prune did not wait"
     );
-    signal(&waiting, "STOP");
+    stop_between_attempts(&env, &waiting);
     signal(&backup, "CONT");
     let o = backup.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

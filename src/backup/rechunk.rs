@@ -18,10 +18,12 @@ use super::pipeline::{Shared, Writer};
 use crate::blockdev::BlockRead;
 use crate::chunker::{is_zero, Piece, ZERO_BLOCK};
 use crate::repo::config::ChunkerKind;
+use crate::repo::pack::SealedBlob;
 use crate::snapshot::view::DiskView;
 use crate::snapshot::{ChunkTable, Disk, Extent};
 use crate::vm::Item;
 use crate::{Error, Id, Result};
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// What a changed-block read of one disk did.
@@ -65,6 +67,9 @@ pub(super) fn disk<'b>(
     let mut stats = Stats::default();
     let mut tables = Vec::with_capacity(parent.tables.len());
     let reader = sh.cache.reader()?;
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
     for (slot, ptable) in parent.tables.iter().enumerate() {
         let base = slot as u64 * span;
         let end = (base + span).min(size);
@@ -100,34 +105,58 @@ pub(super) fn disk<'b>(
                 v
             }
         };
-        let mut table = ChunkTable::default();
+        // The segments of the span; those the map touches are re-chunked a few at a time
+        // in parallel (one per core, so at most that many windows' buffers are held), and
+        // their blobs stored in disk order.
+        let mut segs = Vec::new();
         let mut s0 = base;
         while s0 < end {
             let s1 = (s0 + seg).min(end);
-            let segp = clip_pieces(&pieces, s0..s1);
-            let segc = clip(&changes, s0..s1);
-            let out = if segc.is_empty() {
-                segp
-            } else {
-                let mut win = Window {
-                    sh,
-                    w: &mut *w,
-                    src,
-                    parent_view,
-                    pieces: &segp,
-                    changes: &segc,
-                    seg: s0..s1,
-                    stats: &mut stats,
-                };
-                win.segment()?
-            };
-            for p in out {
-                table.push(Extent {
-                    len: p.len as u32,
-                    id: p.id,
-                });
-            }
+            segs.push((clip_pieces(&pieces, s0..s1), clip(&changes, s0..s1), s0..s1));
             s0 = s1;
+        }
+        let mut table = ChunkTable::default();
+        for batch in segs.chunks(workers) {
+            let done: Vec<Result<Vec<P>>> = batch
+                .par_iter()
+                .map(|(segp, segc, r)| {
+                    if segc.is_empty() {
+                        return Ok((segp.clone(), Rechunked::default()));
+                    }
+                    let mut win = Window {
+                        sh,
+                        src,
+                        parent_view,
+                        pieces: segp,
+                        changes: segc,
+                        seg: r.clone(),
+                        done: Rechunked::default(),
+                    };
+                    let out = win.segment()?;
+                    Ok((out, win.done))
+                })
+                .collect::<Vec<Result<(Vec<P>, Rechunked)>>>()
+                .into_iter()
+                .map(|r| {
+                    let (out, done) = r?;
+                    w.holes += done.holes;
+                    for b in &done.blobs {
+                        w.bytes_new += b.raw_len as u64;
+                        w.add_blob(sh, b)?;
+                    }
+                    stats.read += done.stats.read;
+                    stats.from_parent += done.stats.from_parent;
+                    Ok(out)
+                })
+                .collect();
+            for out in done {
+                for p in out? {
+                    table.push(Extent {
+                        len: p.len as u32,
+                        id: p.id,
+                    });
+                }
+            }
         }
         tables.push(w.store_table(sh, &table)?);
         progress(changes.iter().map(|r| r.end - r.start).sum());
@@ -159,17 +188,24 @@ fn clip_pieces(v: &[P], r: Range<u64>) -> Vec<P> {
         .collect()
 }
 
+/// What re-chunking one segment made, for the writer to take in disk order.
+#[derive(Default)]
+struct Rechunked {
+    blobs: Vec<SealedBlob>,
+    holes: u64,
+    stats: Stats,
+}
+
 /// One segment being re-chunked.
 struct Window<'a, 'b> {
     sh: &'a Shared<'b>,
-    w: &'a mut Writer<'b>,
     src: &'a Item,
     parent_view: &'a DiskView,
     /// The parent's pieces of the segment.
     pieces: &'a [P],
     changes: &'a [Range<u64>],
     seg: Range<u64>,
-    stats: &'a mut Stats,
+    done: Rechunked,
 }
 
 impl Window<'_, '_> {
@@ -194,7 +230,7 @@ impl Window<'_, '_> {
         }
         let mut buf = vec![0u8; (b.end - b.start) as usize];
         self.parent_view.read_at(b.start, &mut buf)?;
-        self.stats.from_parent += buf.len() as u64;
+        self.done.stats.from_parent += buf.len() as u64;
         Ok(!is_zero(&buf))
     }
 
@@ -362,7 +398,7 @@ impl Window<'_, '_> {
                 for a in self.src.image.allocated(part.clone())? {
                     let d = (a.start - r.start) as usize..(a.end - r.start) as usize;
                     self.src.image.read_at(a.start, &mut buf[d])?;
-                    self.stats.read += a.end - a.start;
+                    self.done.stats.read += a.end - a.start;
                     push(a);
                 }
             } else {
@@ -372,7 +408,7 @@ impl Window<'_, '_> {
                     }
                 }
                 self.parent_view.read_at(part.start, &mut buf[dst])?;
-                self.stats.from_parent += part.end - part.start;
+                self.done.stats.from_parent += part.end - part.start;
             }
         }
         Ok((buf, alloc))
@@ -381,11 +417,8 @@ impl Window<'_, '_> {
     /// Stores the new pieces and appends them.
     fn emit(&mut self, buf: &[u8], w0: u64, pieces: &[Piece], out: &mut Vec<P>) -> Result<()> {
         let (extents, blobs, holes) = self.sh.store_pieces(buf, pieces)?;
-        self.w.holes += holes;
-        for b in &blobs {
-            self.w.bytes_new += b.raw_len as u64;
-            self.w.add_blob(self.sh, b)?;
-        }
+        self.done.holes += holes;
+        self.done.blobs.extend(blobs);
         for (p, e) in pieces.iter().zip(extents) {
             out.push(P {
                 start: w0 + p.offset as u64,

@@ -116,7 +116,9 @@ impl Store {
             self.requests.fetch_add(1, Ordering::Relaxed);
             self.fetched.fetch_add(len as u64, Ordering::Relaxed);
             let sealer = self.sealer(&reader, &first.pack)?;
-            let mut c = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
+            // Opened (decrypted, decompressed, verified) before the cache is locked, so
+            // threads reading through one store decode side by side.
+            let mut opened = Vec::with_capacity(j - i);
             for l in &locs[i..j] {
                 let s = (l.entry.offset as u64 - start) as usize;
                 let stored = &bytes[s..s + l.entry.length as usize];
@@ -133,8 +135,12 @@ impl Store {
                     stored,
                     &l.pack,
                 )?);
-                c.put(l.entry.id, plain.clone(), plain.len() as u64);
-                out.insert(l.entry.id, plain);
+                opened.push((l.entry.id, plain));
+            }
+            let mut c = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, plain) in opened {
+                c.put(id, plain.clone(), plain.len() as u64);
+                out.insert(id, plain);
             }
             i = j;
         }
