@@ -273,8 +273,17 @@ impl Window<'_, '_> {
                     .filter(|p| p.start >= pos && p.end() <= w0),
             );
             // Forward until the new cuts fall back onto the parent's; the window grows
-            // (doubling) without reading again what it holds.
-            let mut e = (r.end + 2 * max).min(self.seg.end);
+            // (doubling) without reading again what it holds. It starts at the end of the
+            // parent piece after the one the change ends in: the new cuts mostly meet the
+            // parent's there, and every byte fetched beyond is decompressed for nothing
+            // (a database's scattered page writes each open a window).
+            let after = self.pieces.partition_point(|p| p.end() <= r.end);
+            let mut e = self
+                .pieces
+                .get(after + 1)
+                .map_or(self.seg.end, |p| p.end())
+                .min(r.end + 2 * max)
+                .min(self.seg.end);
             let (mut buf, mut alloc) = self.assemble(w0..e)?;
             loop {
                 let pieces = self.sh.chunker.split_at(&buf, &alloc, w0);
@@ -288,7 +297,7 @@ impl Window<'_, '_> {
                     pos = e;
                     break;
                 }
-                let ne = (e + (e - w0).max(4 * max)).min(self.seg.end);
+                let ne = (e + (e - w0).max(max)).min(self.seg.end);
                 let (more, more_alloc) = self.assemble(e..ne)?;
                 let shift = buf.len();
                 buf.extend_from_slice(&more);
