@@ -109,6 +109,9 @@ pub struct BackupReport {
     /// Bytes of old chunks stored again next to this snapshot's new ones (capping).
     pub bytes_rewritten: u64,
     pub holes_skipped: u64,
+    /// Bytes read whole whose segments were the parent's byte for byte, so the parent's cut
+    /// points were checked (every chunk hashed) instead of searched for.
+    pub bytes_followed: u64,
     pub packs_written: usize,
     pub duration_secs: f64,
 }
@@ -309,7 +312,23 @@ pub fn run(
         inc_tables.push((*i, tables, cb, record));
     }
     let read_sources: Vec<&Item> = full.iter().map(|&i| &sources[i]).collect();
-    let tables = session.run_pipeline(&read_sources, &|n| bar.inc(n))?;
+    let guides = {
+        let reader = cache.reader()?;
+        let mut g = Vec::with_capacity(full.len());
+        for &i in &full {
+            g.push(guide(
+                repo,
+                parent.as_ref(),
+                &sources[i],
+                i < n_disks,
+                opts,
+                &reader,
+                &avoid,
+            )?);
+        }
+        g
+    };
+    let tables = session.run_pipeline(&read_sources, &guides, &|n| bar.inc(n))?;
     bar.finish_and_clear();
     let Session { shared, mut w } = session;
     let rewritten = shared
@@ -466,6 +485,7 @@ pub fn run(
         bytes_stored: summary.bytes_stored,
         bytes_rewritten: rewritten,
         holes_skipped: summary.holes,
+        bytes_followed: w.bytes_followed,
         packs_written,
         duration_secs: started.elapsed().as_secs_f64(),
     })
@@ -570,6 +590,36 @@ fn unchanged_disk(
         return Ok(None);
     }
     Ok(usable(repo, reader, d, avoid)?.then(|| d.clone()))
+}
+
+/// The parent's record of a disk that is read whole, whose pieces the reader may follow
+/// where the bytes did not change (pipeline::Shared::follow). Not with `--force-read`,
+/// which trusts nothing of the parent (it is how a full chunking is compared with a
+/// changed-block one), not under cut rule 1 (pieces depended on the allocation there), not
+/// for a disk `repair snapshots` patched (its holes are not the chunker's), and only when
+/// the parent's chunks may be referenced (`usable`).
+fn guide<'p>(
+    repo: &Repository,
+    parent: Option<&'p (crate::Id, Snapshot)>,
+    src: &Item,
+    is_disk: bool,
+    opts: &BackupOptions,
+    reader: &crate::repo::cache::CacheReader,
+    avoid: &HashSet<crate::Id>,
+) -> Result<Option<&'p Disk>> {
+    let Some((_, parent)) = parent else {
+        return Ok(None);
+    };
+    if opts.force_read || !is_disk || repo.config.chunker.cut_rule < 2 {
+        return Ok(None);
+    }
+    let Some(d) = parent.disks.iter().find(|d| d.name == src.name) else {
+        return Ok(None);
+    };
+    if d.table_span != repo.config.table_span || !d.lost.is_empty() {
+        return Ok(None);
+    }
+    Ok(usable(repo, reader, d, avoid)?.then_some(d))
 }
 
 /// True if a new snapshot may reference the parent's tables of disk `d` as they are:

@@ -11,14 +11,14 @@
 //! results in disk order, so blobs land in packs in disk order and chunk tables are built
 //! as the disk is read.
 
-use crate::chunker::Chunker;
+use crate::chunker::{is_zero, Chunker, Piece};
 use crate::crypto::Sealer;
 use crate::repo::blobs::Claims;
 use crate::repo::cache::{CacheReader, IndexCache};
 use crate::repo::pack::{seal_blob, BlobKind, SealedBlob};
 use crate::repo::packer::{Packer, WrittenIndex};
 use crate::repo::Repository;
-use crate::snapshot::{ChunkTable, Extent};
+use crate::snapshot::{ChunkTable, Disk, Extent};
 use crate::vm::Item;
 use crate::{Error, Id, Result};
 use std::collections::{BTreeMap, HashSet};
@@ -42,6 +42,8 @@ struct Segment {
     allocated: Vec<Range<usize>>,
     /// None for a segment with nothing allocated: it is a hole, and nothing is read.
     buf: Option<Vec<u8>>,
+    /// The parent snapshot's pieces of the same disk range, when it had a segment there.
+    guide: Option<Vec<Extent>>,
 }
 
 /// A worker's output for one segment.
@@ -54,6 +56,8 @@ struct Chunked {
     blobs: Vec<SealedBlob>,
     bytes_read: u64,
     holes: u64,
+    /// The segment's bytes were the parent's, so its pieces were the parent's too.
+    followed: bool,
     buf: Option<Vec<u8>>,
 }
 
@@ -78,6 +82,8 @@ pub(super) struct Writer<'a> {
     pub(super) bytes_read: u64,
     pub(super) bytes_new: u64,
     pub(super) holes: u64,
+    /// Bytes of segments whose cuts were taken from the parent (Shared::follow).
+    pub(super) bytes_followed: u64,
 }
 
 /// One backup session.
@@ -111,6 +117,7 @@ impl<'a> Session<'a> {
                 bytes_read: 0,
                 bytes_new: 0,
                 holes: 0,
+                bytes_followed: 0,
             },
         }
     }
@@ -119,6 +126,7 @@ impl<'a> Session<'a> {
     pub(super) fn run_pipeline(
         &mut self,
         sources: &[&Item],
+        guides: &[Option<&Disk>],
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Vec<Vec<Option<Id>>>> {
         let seg_size = self.shared.repo.config.chunker.segment_size as u64;
@@ -141,8 +149,10 @@ impl<'a> Session<'a> {
                 pool_tx.send(Vec::new()).expect("pool has room");
             }
             let window = span.min(WINDOW);
-            let reader =
-                scope.spawn(move || read_segments(sources, seg_size, window, seg_tx, pool_rx));
+            let reader = scope.spawn(move || {
+                let guides = Guides::new(sh, guides);
+                read_segments(sources, guides, seg_size, window, seg_tx, pool_rx)
+            });
             let seg_rx = Arc::new(Mutex::new(seg_rx));
             for _ in 0..workers {
                 let (seg_rx, res_tx) = (seg_rx.clone(), res_tx.clone());
@@ -191,6 +201,9 @@ impl Writer<'_> {
                 next += 1;
                 self.bytes_read += c.bytes_read;
                 self.holes += c.holes;
+                if c.followed {
+                    self.bytes_followed += c.len as u64;
+                }
                 for b in &c.blobs {
                     self.bytes_new += b.raw_len as u64;
                     self.add_blob(sh, b)?;
@@ -259,12 +272,18 @@ impl Shared<'_> {
                 blobs: Vec::new(),
                 bytes_read: 0,
                 holes: seg.len as u64,
+                followed: false,
                 buf: None,
             });
         };
         let data = &buf[..seg.len];
-        let pieces = self.chunker.split(data, &seg.allocated);
-        let (extents, blobs, holes) = self.store_pieces(data, &pieces)?;
+        let followed = seg.guide.as_deref().and_then(|g| self.follow(data, g));
+        let is_followed = followed.is_some();
+        let ided = match followed {
+            Some(ided) => ided,
+            None => self.identify(data, &self.chunker.split(data, &seg.allocated)),
+        };
+        let (extents, blobs, holes) = self.store_identified(data, &ided)?;
         let bytes_read = seg.allocated.iter().map(|r| (r.end - r.start) as u64).sum();
         Ok(Chunked {
             seq: seg.seq,
@@ -275,6 +294,7 @@ impl Shared<'_> {
             blobs,
             bytes_read,
             holes,
+            followed: is_followed,
             buf: seg.buf,
         })
     }
@@ -285,7 +305,54 @@ impl Shared<'_> {
     pub(super) fn store_pieces(
         &self,
         data: &[u8],
-        pieces: &[crate::chunker::Piece],
+        pieces: &[Piece],
+    ) -> Result<(Vec<Extent>, Vec<SealedBlob>, u64)> {
+        self.store_identified(data, &self.identify(data, pieces))
+    }
+
+    /// Each piece with its chunk id (None for a hole).
+    fn identify(&self, data: &[u8], pieces: &[Piece]) -> Vec<(Piece, Option<Id>)> {
+        pieces
+            .iter()
+            .map(|p| {
+                let id = p
+                    .data
+                    .then(|| self.repo.keys.chunk_id(&data[p.offset..p.offset + p.len]));
+                (*p, id)
+            })
+            .collect()
+    }
+
+    /// The parent's pieces of a segment, if `data` is exactly what they hold: every chunk
+    /// hashes to the parent's id and every hole is zeros. Then the chunker would cut `data`
+    /// where it cut the parent (pieces depend on the segment's bytes only, cut rule 2), so
+    /// the costly part of a re-read of an unchanged segment, finding the cuts, is skipped,
+    /// while every byte is still hashed. None at the first difference.
+    fn follow(&self, data: &[u8], guide: &[Extent]) -> Option<Vec<(Piece, Option<Id>)>> {
+        let mut out = Vec::with_capacity(guide.len());
+        let mut offset = 0;
+        for e in guide {
+            let len = e.len as usize;
+            let bytes = data.get(offset..offset + len)?;
+            let same = match e.id {
+                None => is_zero(bytes),
+                Some(id) => self.repo.keys.chunk_id(bytes) == id,
+            };
+            if !same {
+                return None;
+            }
+            let data = e.id.is_some();
+            out.push((Piece { offset, len, data }, e.id));
+            offset += len;
+        }
+        (offset == data.len()).then_some(out)
+    }
+
+    /// `store_pieces` for pieces whose ids are known.
+    fn store_identified(
+        &self,
+        data: &[u8],
+        pieces: &[(Piece, Option<Id>)],
     ) -> Result<(Vec<Extent>, Vec<SealedBlob>, u64)> {
         let reader = self.cache.reader()?;
         let level = self.repo.config.zstd_level;
@@ -293,21 +360,15 @@ impl Shared<'_> {
         let mut holes = 0;
         // (piece, id, where the index has it) of each data piece.
         let mut found = Vec::with_capacity(pieces.len());
-        for p in pieces {
-            if !p.data {
-                holes += p.len as u64;
-                extents.push(Extent {
-                    len: p.len as u32,
-                    id: None,
-                });
-                continue;
-            }
-            let id = self.repo.keys.chunk_id(&data[p.offset..p.offset + p.len]);
+        for (p, id) in pieces {
             extents.push(Extent {
                 len: p.len as u32,
-                id: Some(id),
+                id: *id,
             });
-            found.push((p, id, self.known(&reader, &id)?));
+            match id {
+                None => holes += p.len as u64,
+                Some(id) => found.push((p, *id, self.known(&reader, id)?)),
+            }
         }
         let old: Vec<(u64, Option<(Id, u64)>)> =
             found.iter().map(|(p, _, l)| (p.len as u64, *l)).collect();
@@ -340,8 +401,85 @@ impl Shared<'_> {
 
 /// The reader thread: one segment at a time, holes never read, windows without any
 /// allocated byte passed on whole.
+/// The parent's tables of the disks being read, loaded a span at a time as the reader
+/// reaches it, cut into the reader's segments.
+struct Guides<'a> {
+    repo: &'a Repository,
+    reader: Option<CacheReader>,
+    disks: &'a [Option<&'a Disk>],
+    loaded: Option<LoadedTable>,
+}
+
+/// (disk, span slot) of a loaded parent table, and its extents with their disk offsets.
+type LoadedTable = ((usize, usize), Vec<(u64, Extent)>);
+
+impl<'a> Guides<'a> {
+    fn new(sh: &'a Shared, disks: &'a [Option<&'a Disk>]) -> Guides<'a> {
+        Guides {
+            repo: sh.repo,
+            // No cache reader, no guides: the segments are then simply chunked.
+            reader: sh.cache.reader().ok(),
+            disks,
+            loaded: None,
+        }
+    }
+
+    /// The parent's pieces of `disk`'s range `r` if its segment there was the same range.
+    /// A table that cannot be loaded only means no guide.
+    fn segment(&mut self, disk: usize, r: Range<u64>, seg_size: u64) -> Option<Vec<Extent>> {
+        let d = (*self.disks.get(disk)?)?;
+        if (r.start + seg_size).min(d.size) != r.end {
+            return None;
+        }
+        let slot = (r.start / d.table_span) as usize;
+        if self.loaded.as_ref().map(|l| l.0) != Some((disk, slot)) {
+            let base = slot as u64 * d.table_span;
+            let mut at = base;
+            let extents = match d.tables.get(slot)? {
+                None => vec![(
+                    base,
+                    Extent {
+                        len: (d.table_span.min(d.size - base)) as u32,
+                        id: None,
+                    },
+                )],
+                Some(t) => crate::snapshot::load_table(self.repo, self.reader.as_ref()?, t)
+                    .ok()?
+                    .extents
+                    .into_iter()
+                    .map(|e| {
+                        let start = at;
+                        at += e.len as u64;
+                        (start, e)
+                    })
+                    .collect(),
+            };
+            self.loaded = Some(((disk, slot), extents));
+        }
+        let (_, extents) = self.loaded.as_ref()?;
+        let first = extents.partition_point(|(s, e)| s + e.len as u64 <= r.start);
+        let mut out = Vec::new();
+        for (s, e) in &extents[first..] {
+            if *s >= r.end {
+                break;
+            }
+            let (a, b) = ((*s).max(r.start), (s + e.len as u64).min(r.end));
+            // Data never crosses a segment edge; a hole that does is cut there.
+            if e.id.is_some() && (a, b) != (*s, s + e.len as u64) {
+                return None;
+            }
+            out.push(Extent {
+                len: (b - a) as u32,
+                id: e.id,
+            });
+        }
+        Some(out)
+    }
+}
+
 fn read_segments(
     sources: &[&Item],
+    mut guides: Guides,
     seg_size: u64,
     window: u64,
     out: SyncSender<Segment>,
@@ -387,6 +525,9 @@ fn read_segments(
                     buf[pos..len as usize].fill(0);
                     Some(buf)
                 };
+                let guide = buf
+                    .as_ref()
+                    .and_then(|_| guides.segment(disk, offset..end, seg_size));
                 let seg = Segment {
                     seq,
                     disk,
@@ -394,6 +535,7 @@ fn read_segments(
                     len: len as usize,
                     allocated,
                     buf,
+                    guide,
                 };
                 if out.send(seg).is_err() {
                     return Ok(()); // the writer stopped; its error is reported

@@ -20,7 +20,9 @@ pub struct Args {
     /// The snapshot's time, RFC 3339 (default: now).
     #[arg(long, value_parser = parse_time)]
     time: Option<String>,
-    /// Read every disk even if its file looks unchanged since the last snapshot.
+    /// Read every disk even if its file looks unchanged since the last snapshot, and chunk
+    /// every byte again instead of checking the parent's cut points (a read that trusts
+    /// nothing of the parent).
     #[arg(long)]
     force_read: bool,
     /// The format of the disks (raw, qcow2, vmdk, vhd, vhdx), for all (`--format raw`) or one
