@@ -30,6 +30,14 @@ fn tables(env: &Env, id: &str, disk: &str) -> Vec<Option<cairn::Id>> {
         .clone()
 }
 
+/// Restores disk `disk` of snapshot `id` and checks it holds the bytes of raw image `want`.
+fn restores_as(env: &Env, id: &str, disk: &str, want: &Path) {
+    let out = env.path("out.img");
+    env.ok(&["restore", &id[..12], "--disk", disk, "--target", s(&out)]);
+    assert_eq!(sha256(&out), sha256(want), "{disk} of {id}");
+    std::fs::remove_file(&out).unwrap();
+}
+
 fn qemu_io(fmt: &str, img: &Path, cmds: &[String]) {
     let mut args = vec!["-f".to_string(), fmt.to_string()];
     for c in cmds {
@@ -133,16 +141,7 @@ fn raw_image_changed_blocks_equal_a_full_read() {
             tables(&env, &full, "disk0.img"),
             "seed {seed}"
         );
-        let out = env.path("out.img");
-        env.ok(&[
-            "restore",
-            &inc[..12],
-            "--disk",
-            "disk0.img",
-            "--target",
-            s(&out),
-        ]);
-        assert_eq!(sha256(&out), sha256(&img));
+        restores_as(&env, &inc, "disk0.img", &img);
     }
 }
 
@@ -175,18 +174,9 @@ fn qcow2_dirty_bitmap() {
         tables(&env, &inc, "disk0.qcow2"),
         tables(&env, &full, "disk0.qcow2")
     );
-    let out = env.path("out.raw");
-    env.ok(&[
-        "restore",
-        &inc[..12],
-        "--disk",
-        "disk0.qcow2",
-        "--target",
-        s(&out),
-    ]);
     let want = env.path("want.raw");
     qemu_raw("qcow2", &img, &want);
-    assert_eq!(sha256(&out), sha256(&want));
+    restores_as(&env, &inc, "disk0.qcow2", &want);
 }
 
 /// The nightly external-snapshot pattern: a new top layer over a chain whose files did not
@@ -440,14 +430,5 @@ fn a_disk_read_whole_follows_the_parents_cuts_only_where_bytes_are_the_same() {
         tables(&env, &inc, "disk0.img"),
         tables(&env, &full, "disk0.img")
     );
-    let out = env.path("out.img");
-    env.ok(&[
-        "restore",
-        &inc[..12],
-        "--disk",
-        "disk0.img",
-        "--target",
-        s(&out),
-    ]);
-    assert_eq!(sha256(&out), sha256(&img));
+    restores_as(&env, &inc, "disk0.img", &img);
 }

@@ -903,6 +903,28 @@ fn find_finds_each_version() {
         );
         assert!(r["catalog"]["entries"].as_u64().unwrap() > 40, "{r}");
     }
+    // A changed-block night (the map names bytes that did not really change): the catalog
+    // is walked through the map, beside the re-chunking.
+    sh("touch", &[img.to_str().unwrap()]);
+    let map = env.path("cbt.json");
+    std::fs::write(
+        &map,
+        format!("[{{\"offset\":{},\"length\":65536}}]", 90 * MIB),
+    )
+    .unwrap();
+    let r = env.backup(
+        "web01",
+        &[&img],
+        &[
+            "--changed-extents",
+            map.to_str().unwrap(),
+            "--time",
+            "2026-11-24T04:00:00+00:00",
+        ],
+    );
+    assert_eq!(r["items"][0]["changed_blocks"]["map"], "extents", "{r}");
+    assert!(r["catalog"]["entries"].as_u64().unwrap() > 40, "{r}");
+    sizes.push(120);
     let v: serde_json::Value =
         serde_json::from_str(&env.ok(&["find", "--json", "--vm", "web01", "--name", "nginx.conf"]))
             .unwrap();
@@ -916,14 +938,14 @@ fn find_finds_each_version() {
     let v: serde_json::Value =
         serde_json::from_str(&env.ok(&["find", "--json", "--path", "/*/p1/etc/nginx/sites/**"]))
             .unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 3 * 40);
+    assert_eq!(v.as_array().unwrap().len(), 4 * 40);
     // A snapshot written without a catalog is searched by walking its filesystems.
     env.backup("web01", &[&img], &["--no-catalog", "--force-read"]);
     let o = env.run(&["find", "--name", "hostname"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("no file catalog"), "{}", stderr(&o));
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("4 matches in 4 snapshots"),
+        String::from_utf8_lossy(&o.stdout).contains("5 matches in 5 snapshots"),
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );

@@ -211,7 +211,7 @@ pub fn run(
     // parent's still describes them.
     let mut catalog = None;
     let mut catalog_report = None;
-    if opts.catalog && to_read.iter().any(|&i| i < n_disks) {
+    let walking = if opts.catalog && to_read.iter().any(|&i| i < n_disks) {
         let t = Instant::now();
         // A disk read through a change map is walked through the same map: the parent's
         // chunks where it did not change, so its metadata is not read from the source.
@@ -233,38 +233,18 @@ pub fn run(
                 (s.name.to_string(), dev)
             })
             .collect();
-        match crate::files::catalog::build_guarded(&devs) {
-            // No filesystem cairn reads: nothing to find, nothing to store.
-            Ok(c) if c.volumes.is_empty() => {}
-            Ok(c) => {
-                let bytes = c.encode();
-                catalog_report = Some(CatalogReport {
-                    volumes: c.volumes.len(),
-                    entries: c.volumes.iter().map(|v| v.entries.len()).sum(),
-                    bytes: bytes.len() as u64,
-                    secs: t.elapsed().as_secs_f64(),
-                    errors: c.volumes.iter().filter_map(|v| v.error.clone()).collect(),
-                });
-                sources.push(Item {
-                    name: crate::snapshot::Name::new("catalog"),
-                    path: PathBuf::from("(file catalog)"),
-                    format: crate::files::catalog::CATALOG_FORMAT,
-                    image: Arc::new(InMemory(bytes)),
-                    config_ref: None,
-                    format_source: None,
-                });
-                to_read.push(sources.len() - 1);
-                full.push(sources.len() - 1);
-                disks.push(None);
-            }
-            Err(e) => warnings.push(format!(
-                "no file catalog for this snapshot ({e}); `find` walks its filesystems instead"
-            )),
+        // Walked beside the changed-block re-chunking below (the second core is idle
+        // there); a whole-disk read waits for it, as its pipeline keeps both cores busy.
+        Some(std::thread::spawn(move || {
+            let built = crate::files::catalog::build_guarded(&devs);
+            (built, t.elapsed().as_secs_f64())
+        }))
+    } else {
+        if opts.catalog {
+            catalog = parent.as_ref().and_then(|p| p.1.catalog.clone());
         }
-    } else if opts.catalog {
-        catalog = parent.as_ref().and_then(|p| p.1.catalog.clone());
-    }
-    let catalog_slot = catalog_report.as_ref().map(|_| sources.len() - 1);
+        None
+    };
 
     // Progress counts allocated bytes: holes cost nothing, so they must not weigh in the
     // estimate either.
@@ -311,6 +291,42 @@ pub fn run(
         };
         inc_tables.push((*i, tables, cb, record));
     }
+    if let Some(h) = walking {
+        let (built, secs) = h.join().unwrap_or_else(|_| {
+            let e = "the catalog walk stopped unexpectedly".to_string();
+            (Err(e), 0.0)
+        });
+        match built {
+            // No filesystem cairn reads: nothing to find, nothing to store.
+            Ok(c) if c.volumes.is_empty() => {}
+            Ok(c) => {
+                let bytes = c.encode();
+                bar.inc_length(bytes.len() as u64);
+                catalog_report = Some(CatalogReport {
+                    volumes: c.volumes.len(),
+                    entries: c.volumes.iter().map(|v| v.entries.len()).sum(),
+                    bytes: bytes.len() as u64,
+                    secs,
+                    errors: c.volumes.iter().filter_map(|v| v.error.clone()).collect(),
+                });
+                sources.push(Item {
+                    name: crate::snapshot::Name::new("catalog"),
+                    path: PathBuf::from("(file catalog)"),
+                    format: crate::files::catalog::CATALOG_FORMAT,
+                    image: Arc::new(InMemory(bytes)),
+                    config_ref: None,
+                    format_source: None,
+                });
+                to_read.push(sources.len() - 1);
+                full.push(sources.len() - 1);
+                disks.push(None);
+            }
+            Err(e) => warnings.push(format!(
+                "no file catalog for this snapshot ({e}); `find` walks its filesystems instead"
+            )),
+        }
+    }
+    let catalog_slot = catalog_report.as_ref().map(|_| sources.len() - 1);
     let read_sources: Vec<&Item> = full.iter().map(|&i| &sources[i]).collect();
     let guides = {
         let reader = cache.reader()?;
