@@ -32,6 +32,10 @@ const PACK_REFS: TableDefinition<[u8; 32], u32> = TableDefinition::new("pack_ref
 /// Index files only ever add blobs, so the set stays true until a pack is dropped, which
 /// empties it.
 const COMPLETE: TableDefinition<[u8; 32], ()> = TableDefinition::new("complete_tables");
+/// Blobs that more than one pack holds. `blobs` keeps one copy's place, so when that pack
+/// goes (a prune deleted it), the blob is still stored elsewhere: the cache must read the
+/// index again to find it, not forget the blob.
+const DUPES: TableDefinition<[u8; 32], ()> = TableDefinition::new("duplicated_blobs");
 
 /// Page cache cap: what keeps the cache's memory bounded.
 const CACHE_BYTES: usize = 64 << 20;
@@ -97,12 +101,12 @@ impl IndexCache {
     /// cache is built in a temporary folder instead: slower to start, never wrong.
     pub fn open(dir: &Path) -> Result<IndexCache> {
         std::fs::create_dir_all(dir).ctx(|| format!("creating cache folder {}", dir.display()))?;
-        // Version 3 of the cache (packs counted per index file): a new name, so a cache of
-        // an old layout is simply not used.
-        for old in ["index.redb", "index-v2.redb"] {
+        // Version 4 of the cache (duplicated blobs recorded): a new name, so a cache of an
+        // old layout is simply not used.
+        for old in ["index.redb", "index-v2.redb", "index-v3.redb"] {
             let _ = std::fs::remove_file(dir.join(old));
         }
-        let path = dir.join("index-v3.redb");
+        let path = dir.join("index-v4.redb");
         match Self::open_db(&path) {
             Ok(db) => Ok(IndexCache {
                 db,
@@ -115,7 +119,7 @@ impl IndexCache {
                 ));
                 std::fs::create_dir_all(&private)
                     .ctx(|| format!("creating {}", private.display()))?;
-                let db = Self::open_db(&private.join("index-v3.redb")).map_err(db_err)?;
+                let db = Self::open_db(&private.join("index-v4.redb")).map_err(db_err)?;
                 Ok(IndexCache {
                     db,
                     private_dir: Some(private),
@@ -189,15 +193,31 @@ impl IndexCache {
             return Ok(None);
         };
         let vanished: Vec<&String> = merged.difference(&listed).collect();
-        if !vanished.is_empty() {
-            self.forget(&vanished)?;
+        if !vanished.is_empty() && self.forget(&vanished)? {
+            // A dropped pack held the copy of a blob that another pack holds too: start
+            // afresh, so the next pass merges every file and finds the other copy.
+            self.reset()?;
+            return Ok(None);
         }
         Ok(Some(skipped))
     }
 
+    /// Empties the cache.
+    fn reset(&self) -> Result<()> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        tx.delete_table(BLOBS).map_err(db_err)?;
+        tx.delete_table(PACKS).map_err(db_err)?;
+        tx.delete_table(PACK_REFS).map_err(db_err)?;
+        tx.delete_table(COMPLETE).map_err(db_err)?;
+        tx.delete_table(DUPES).map_err(db_err)?;
+        tx.delete_table(FILES).map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
     /// Forgets index files that are gone, and the packs (with their blobs) that no merged
-    /// file names any more.
-    fn forget(&self, names: &[&String]) -> Result<()> {
+    /// file names any more. True if a blob dropped with them has another copy.
+    fn forget(&self, names: &[&String]) -> Result<bool> {
+        let mut other_copy = false;
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut files = tx.open_table(FILES).map_err(db_err)?;
@@ -226,14 +246,29 @@ impl IndexCache {
             }
             if !gone.is_empty() {
                 let mut blobs = tx.open_table(BLOBS).map_err(db_err)?;
+                let mut dropped = Vec::new();
                 blobs
-                    .retain(|_, v| !gone.contains(&v[..32]))
+                    .retain(|k, v| {
+                        let keep = !gone.contains(&v[..32]);
+                        if !keep {
+                            dropped.push(k);
+                        }
+                        keep
+                    })
                     .map_err(db_err)?;
+                let dupes = tx.open_table(DUPES).map_err(db_err)?;
+                for k in dropped {
+                    if dupes.get(k).map_err(db_err)?.is_some() {
+                        other_copy = true;
+                        break;
+                    }
+                }
                 let mut complete = tx.open_table(COMPLETE).map_err(db_err)?;
                 complete.retain(|_, _| false).map_err(db_err)?;
             }
         }
-        tx.commit().map_err(db_err)
+        tx.commit().map_err(db_err)?;
+        Ok(other_copy)
     }
 
     fn merge<'a>(
@@ -311,6 +346,7 @@ impl IndexCache {
             let mut packs = tx.open_table(PACKS).map_err(db_err)?;
             let mut merged = tx.open_table(FILES).map_err(db_err)?;
             let mut refs = tx.open_table(PACK_REFS).map_err(db_err)?;
+            let mut dupes = tx.open_table(DUPES).map_err(db_err)?;
             for (name, idx) in files {
                 let name = name.as_ref();
                 if merged.get(name).map_err(db_err)?.is_some() {
@@ -331,11 +367,11 @@ impl IndexCache {
                 for (id, loc) in locs {
                     // A blob stored again later (next to newer data) is read from there; of
                     // two copies equally new, the one merged first stays.
-                    let kept = blobs
-                        .insert(id.0, loc)
-                        .map_err(db_err)?
-                        .map(|v| v.value())
-                        .filter(|old| decode_loc(id, old).created >= idx.created);
+                    let old = blobs.insert(id.0, loc).map_err(db_err)?.map(|v| v.value());
+                    if old.is_some_and(|o| o[..32] != loc[..32]) {
+                        dupes.insert(id.0, ()).map_err(db_err)?;
+                    }
+                    let kept = old.filter(|old| decode_loc(id, old).created >= idx.created);
                     if let Some(old) = kept {
                         blobs.insert(id.0, old).map_err(db_err)?;
                     }
@@ -536,5 +572,41 @@ mod tests {
         reads.borrow_mut().clear();
         cache.sync(&backend, &read).unwrap();
         assert!(reads.borrow().is_empty());
+    }
+
+    /// Two proxies stored the same blob; a prune deleted the pack whose copy the cache
+    /// kept (the newer one). The blob is still found, in the other pack.
+    #[test]
+    fn a_blob_whose_kept_copy_is_pruned_is_found_in_its_other_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path().join("repo"));
+        let cache = IndexCache::open(&dir.path().join("cache")).unwrap();
+        let files: RefCell<HashMap<String, IndexFile>> = RefCell::default();
+        let put = |name: &str, packs: Vec<IndexPack>, created: u64| {
+            backend.put(name, b"x").unwrap();
+            files
+                .borrow_mut()
+                .insert(name.to_string(), IndexFile { packs, created });
+        };
+        let read = |name: &str| -> Result<IndexFile> { Ok(files.borrow()[name].clone()) };
+        put("index/a", vec![pack(1, &[9, 8])], 5);
+        put("index/b", vec![pack(2, &[9, 7])], 7);
+        cache.sync(&backend, &read).unwrap();
+        assert_eq!(
+            cache
+                .reader()
+                .unwrap()
+                .get(&Id([9; 32]))
+                .unwrap()
+                .unwrap()
+                .pack,
+            Id([2; 32])
+        );
+        backend.delete("index/b").unwrap();
+        cache.sync(&backend, &read).unwrap();
+        let r = cache.reader().unwrap();
+        assert_eq!(r.get(&Id([9; 32])).unwrap().unwrap().pack, Id([1; 32]));
+        assert!(r.get(&Id([7; 32])).unwrap().is_none());
+        assert!(r.get(&Id([8; 32])).unwrap().is_some());
     }
 }
