@@ -432,3 +432,76 @@ fn a_disk_read_whole_follows_the_parents_cuts_only_where_bytes_are_the_same() {
     );
     restores_as(&env, &inc, "disk0.img", &img);
 }
+
+/// Capping on changed-block nights: a segment that changes every night gains chunks in
+/// each night's pack, so without capping the newest snapshot reads it from ever more
+/// packs. With the default budget the backup stores the chunks of its sparsest old packs
+/// again (read from the repository, not the source), and the newest snapshot needs fewer
+/// packs, restores bit for bit and still has a full read's tables.
+#[test]
+fn changed_block_nights_keep_a_hot_segment_in_few_packs() {
+    let mut packs = Vec::new();
+    for budget in ["5%", "0"] {
+        let env = Env::new();
+        env.init(&[]);
+        let img = env.path("disk0.img");
+        make_random_image(&img, 32 * MIB, 32 * MIB, 7);
+        env.backup("db01", &[&img], &["--rewrite-budget", budget]);
+        let (mut rewritten, mut last) = (0, String::new());
+        for night in 1..=6u64 {
+            let (off, len) = (night * 2 * MIB + 4096, 256 << 10);
+            let mut bytes = vec![0u8; len as usize];
+            noise(&mut bytes, 100 + night);
+            let new = env.path("new.bin");
+            std::fs::write(&new, &bytes).unwrap();
+            qemu_io("raw", &img, &[format!("write -s {} {off} {len}", s(&new))]);
+            let map = env.path("cbt.json");
+            std::fs::write(&map, map_json(&[(off, len)])).unwrap();
+            let r = env.backup(
+                "db01",
+                &[&img],
+                &["--changed-extents", s(&map), "--rewrite-budget", budget],
+            );
+            let cb = &r["items"][0]["changed_blocks"];
+            assert_eq!(cb["bytes_read"].as_u64(), Some(len), "{r}");
+            rewritten += r["bytes_rewritten"].as_u64().unwrap_or(0);
+            last = r["snapshot"].as_str().unwrap().to_string();
+        }
+        let check: serde_json::Value = serde_json::from_str(&env.ok(&["check", "--json"])).unwrap();
+        assert_eq!(
+            check["problems"].as_array().map(|p| p.len()),
+            Some(0),
+            "{check}"
+        );
+        let frag = check["fragmentation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| last.starts_with(f["snapshot"].as_str().unwrap()))
+            .unwrap_or_else(|| panic!("no fragmentation of {last}: {check}"))
+            .clone();
+        restores_as(&env, &last, "disk0.img", &img);
+        let f = env.backup("db01", &[&img], &["--force-read", "--rewrite-budget", "0"]);
+        assert_eq!(f["bytes_new"].as_u64(), Some(0), "{f}");
+        assert_eq!(
+            tables(&env, &last, "disk0.img"),
+            tables(&env, f["snapshot"].as_str().unwrap(), "disk0.img")
+        );
+        if budget == "0" {
+            assert_eq!(rewritten, 0);
+        } else {
+            // At most 5 % of the touched 16 MiB segment a night.
+            assert!(
+                rewritten > 0 && rewritten <= 6 * (16 * MIB / 20),
+                "{rewritten}"
+            );
+        }
+        packs.push(frag["packs"].as_u64().unwrap());
+    }
+    assert!(
+        packs[0] < packs[1],
+        "capped {} vs uncapped {} packs",
+        packs[0],
+        packs[1]
+    );
+}

@@ -252,9 +252,16 @@ pub fn run(
     for &i in &full {
         total += allocated_bytes(sources[i].image.as_ref(), span)?;
     }
+    // Capping's budget: a share of what is chunked, where a changed-block disk counts the
+    // segments its changes touch (those are the ones capping looks at), not the bytes read.
+    let seg = repo.config.chunker.segment_size as u64;
+    let touched: u64 = incremental
+        .iter()
+        .map(|(_, m, pd)| m.touched(seg, pd.size))
+        .sum();
+    let budget = ((total + touched) as f64 * opts.rewrite_budget.clamp(0.0, 1.0)) as u64;
     total += incremental.iter().map(|(_, m, _)| m.bytes()).sum::<u64>();
     let bar = crate::progress::bytes_bar(total, "backup", opts.quiet);
-    let budget = (total as f64 * opts.rewrite_budget.clamp(0.0, 1.0)) as u64;
     let mut session = Session::new(repo, &cache, &avoid, budget);
     let mut inc_tables: Vec<(
         usize,

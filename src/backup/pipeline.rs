@@ -355,7 +355,6 @@ impl Shared<'_> {
         pieces: &[(Piece, Option<Id>)],
     ) -> Result<(Vec<Extent>, Vec<SealedBlob>, u64)> {
         let reader = self.cache.reader()?;
-        let level = self.repo.config.zstd_level;
         let mut extents = Vec::with_capacity(pieces.len());
         let mut holes = 0;
         // (piece, id, where the index has it) of each data piece.
@@ -378,10 +377,15 @@ impl Shared<'_> {
             if (loc.is_some() && !again) || !self.claims.claim(id) {
                 continue;
             }
-            let bytes = &data[p.offset..p.offset + p.len];
-            blobs.push(seal_blob(&self.sealer, BlobKind::Data, id, bytes, level));
+            blobs.push(self.seal(id, &data[p.offset..p.offset + p.len]));
         }
         Ok((extents, blobs, holes))
+    }
+
+    /// Chunk `id` with its bytes, sealed for this session's packs.
+    pub(super) fn seal(&self, id: Id, bytes: &[u8]) -> SealedBlob {
+        let level = self.repo.config.zstd_level;
+        seal_blob(&self.sealer, BlobKind::Data, id, bytes, level)
     }
 
     /// Lets the cache answer for blobs an index file now names; they need no claim.

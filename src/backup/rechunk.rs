@@ -133,6 +133,7 @@ pub(super) fn disk<'b>(
                         done: Rechunked::default(),
                     };
                     let out = win.segment()?;
+                    win.cap(&out)?;
                     Ok((out, win.done))
                 })
                 .collect::<Vec<Result<(Vec<P>, Rechunked)>>>()
@@ -421,6 +422,42 @@ impl Window<'_, '_> {
             }
         }
         Ok((buf, alloc))
+    }
+
+    /// Capping (capping.rs) over the whole new segment, as a full read of it would do:
+    /// a segment a change touches gains chunks in tonight's pack each night while the
+    /// rest stay where they were, so it is the one that scatters. Old chunks in packs
+    /// beyond the segment's first few are stored again, their bytes taken from the parent
+    /// snapshot in the repository (the source is read only where the map says it
+    /// changed). Pieces that overlap a change are left out: their bytes at this offset are
+    /// not the parent's.
+    fn cap(&mut self, out: &[P]) -> Result<()> {
+        let reader = self.sh.cache.reader()?;
+        let mut data = Vec::with_capacity(out.len());
+        let mut old = Vec::with_capacity(out.len());
+        for p in out {
+            let Some(id) = p.id else { continue };
+            let loc = match self.touches_change(p.start..p.end()) {
+                true => None,
+                false => self.sh.known(&reader, &id)?,
+            };
+            data.push((p, id));
+            old.push((p.len, loc));
+        }
+        let again = self.sh.capping.choose(&old);
+        for ((p, id), again) in data.into_iter().zip(again) {
+            if !again || !self.sh.claims.claim(id) {
+                continue;
+            }
+            let mut buf = vec![0u8; p.len as usize];
+            self.parent_view.read_at(p.start, &mut buf)?;
+            // The parent's piece at this offset is this chunk; a mismatch would be a
+            // bug, and costs only the rewrite (the old copy stays in use).
+            if self.sh.repo.keys.chunk_id(&buf) == id {
+                self.done.blobs.push(self.sh.seal(id, &buf));
+            }
+        }
+        Ok(())
     }
 
     /// Stores the new pieces and appends them.
