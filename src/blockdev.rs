@@ -30,6 +30,13 @@ pub trait BlockRead: Send + Sync {
         }
         Ok(out)
     }
+    /// The bytes of `range` mapped where they lie, for a source whose bytes are a plain
+    /// file's (a raw image): a backup then reads them without copying. None: use
+    /// `read_at`. Unlike `read_at`, holes in the range are not zero-filled by the caller:
+    /// a map of a sparse file reads zeros there by itself.
+    fn map(&self, _range: Range<u64>) -> Option<crate::mapping::Mapping> {
+        None
+    }
 }
 
 impl<T: BlockRead + ?Sized> BlockRead for Arc<T> {
@@ -42,6 +49,9 @@ impl<T: BlockRead + ?Sized> BlockRead for Arc<T> {
     fn allocated(&self, range: Range<u64>) -> Result<Vec<Range<u64>>> {
         (**self).allocated(range)
     }
+    fn map(&self, range: Range<u64>) -> Option<crate::mapping::Mapping> {
+        (**self).map(range)
+    }
 }
 
 impl<T: BlockRead + ?Sized> BlockRead for Box<T> {
@@ -53,6 +63,9 @@ impl<T: BlockRead + ?Sized> BlockRead for Box<T> {
     }
     fn allocated(&self, range: Range<u64>) -> Result<Vec<Range<u64>>> {
         (**self).allocated(range)
+    }
+    fn map(&self, range: Range<u64>) -> Option<crate::mapping::Mapping> {
+        (**self).map(range)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod fs;
 pub mod gc;
 pub mod id;
 pub mod image;
+pub mod mapping;
 pub mod progress;
 pub mod repair;
 pub mod repo;

@@ -41,7 +41,11 @@ struct Segment {
     len: usize,
     allocated: Vec<Range<usize>>,
     /// None for a segment with nothing allocated: it is a hole, and nothing is read.
+    /// Otherwise a buffer from the pool: it holds the bytes, or, when `mapped` does, it is
+    /// only the token that keeps the number of segments in flight bounded.
     buf: Option<Vec<u8>>,
+    /// The segment's bytes mapped from the source (a raw image), read without a copy.
+    mapped: Option<crate::mapping::Mapping>,
     /// The parent snapshot's pieces of the same disk range, when it had a segment there.
     guide: Option<Vec<Extent>>,
 }
@@ -276,7 +280,10 @@ impl Shared<'_> {
                 buf: None,
             });
         };
-        let data = &buf[..seg.len];
+        let data = match &seg.mapped {
+            Some(m) => m.bytes(),
+            None => &buf[..seg.len],
+        };
         let followed = seg.guide.as_deref().and_then(|g| self.follow(data, g));
         let is_followed = followed.is_some();
         let ided = match followed {
@@ -511,6 +518,7 @@ fn read_segments(
                         (r.start.max(offset) - offset) as usize..(r.end.min(end) - offset) as usize
                     })
                     .collect();
+                let mut mapped = None;
                 let buf = if allocated.is_empty() {
                     None
                 } else {
@@ -518,16 +526,25 @@ fn read_segments(
                     let Ok(mut buf) = pool.recv() else {
                         return Ok(());
                     };
-                    buf.resize(len as usize, 0);
-                    let mut pos = 0;
-                    for r in &allocated {
-                        buf[pos..r.start].fill(0);
-                        src.image
-                            .read_at(offset + r.start as u64, &mut buf[r.clone()])?;
-                        pos = r.end;
+                    // Mostly allocated: mapped, unless the source cannot be (then read).
+                    let data: usize = allocated.iter().map(|r| r.len()).sum();
+                    if 2 * data as u64 >= len {
+                        mapped = src.image.map(offset..end);
                     }
-                    buf[pos..len as usize].fill(0);
-                    Some(buf)
+                    if mapped.is_some() {
+                        Some(buf)
+                    } else {
+                        buf.resize(len as usize, 0);
+                        let mut pos = 0;
+                        for r in &allocated {
+                            buf[pos..r.start].fill(0);
+                            src.image
+                                .read_at(offset + r.start as u64, &mut buf[r.clone()])?;
+                            pos = r.end;
+                        }
+                        buf[pos..len as usize].fill(0);
+                        Some(buf)
+                    }
                 };
                 let guide = buf
                     .as_ref()
@@ -539,6 +556,7 @@ fn read_segments(
                     len: len as usize,
                     allocated,
                     buf,
+                    mapped,
                     guide,
                 };
                 if out.send(seg).is_err() {

@@ -25,6 +25,18 @@ impl RawImage {
     }
 }
 
+impl RawImage {
+    fn shrank(&self, offset: u64, len: usize) -> String {
+        format!(
+            "disk image {} shrank while being read: {len} bytes at offset {offset} are gone \
+             (it had {} bytes when the backup started). Back up from a frozen snapshot; \
+             nothing was committed",
+            self.host.path().display(),
+            self.host.len()
+        )
+    }
+}
+
 impl BlockRead for RawImage {
     fn size(&self) -> u64 {
         self.host.len()
@@ -34,17 +46,22 @@ impl BlockRead for RawImage {
         Ok(self.host.data_ranges(range))
     }
 
+    fn map(&self, range: Range<u64>) -> Option<crate::mapping::Mapping> {
+        if range.end > self.host.len() {
+            return None;
+        }
+        let len = usize::try_from(range.end - range.start).ok()?;
+        let what = format!(
+            "{} (if it did not shrink, its storage failed a read)",
+            self.shrank(range.start, len)
+        );
+        crate::mapping::Mapping::new(self.host.file(), range.start, len, what)
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.host.file().read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::Other(format!(
-                    "disk image {} shrank while being read: {} bytes at offset {offset} are gone \
-                     (it had {} bytes when the backup started). Back up from a frozen snapshot; \
-                     nothing was committed",
-                    self.host.path().display(),
-                    buf.len(),
-                    self.host.len()
-                ))
+                Error::Other(self.shrank(offset, buf.len()))
             } else {
                 Error::io(
                     format!(
