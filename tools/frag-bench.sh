@@ -4,6 +4,7 @@
 #
 #   tools/frag-bench.sh [--size-gib 4] [--content-mib N] [--nights 30] [--rebuild-every 5]
 #                       [--measure 1,10,20,30] [--nightly cbt|full] [--seed 1]
+#                       [--capped-budget PCT]
 #                       [--workdir /tmp/cairn-frag-bench] [--out frag-results.md]
 #                       [--tree-dir DIR] [--no-build] [--cairn-bin PATH]
 #                       [--quiet-wait SECS] [--night-wait SECS] [--retries N] [--quick]
@@ -16,7 +17,8 @@
 #
 #   1. gen-tree.py content (--content-mib, default 60 % of the image; in --tree-dir,
 #      default WORKDIR/tree, kept for the whole run) + mkimage.sh -> img/disk.img.
-#   2. Two fresh repositories, capped (default --rewrite-budget 5%) and uncapped
+#   2. Two fresh repositories, capped (--rewrite-budget of --capped-budget, default cairn's
+#      own default, 5%) and uncapped
 #      (--rewrite-budget 0).  Every night both back up the same image (the order
 #      alternates from night to night), with --time one day apart from 2026-01-01:
 #        night 1           the first backup;
@@ -74,9 +76,10 @@ QUIET_WAIT=600
 NIGHT_WAIT=120
 RETRIES=2
 QUICK=0
+CAPPED_BUDGET=
 ARGS=("$@")
 
-usage() { sed -n '2,55p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,57p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case $1 in
         --size-gib) SIZE_GIB=$2; shift 2 ;;
@@ -95,6 +98,7 @@ while [[ $# -gt 0 ]]; do
         --night-wait) NIGHT_WAIT=$2; shift 2 ;;
         --retries) RETRIES=$2; shift 2 ;;
         --quick) QUICK=1; shift ;;
+        --capped-budget) CAPPED_BUDGET=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "frag-bench: unknown argument $1" >&2; usage 2 ;;
     esac
@@ -153,7 +157,7 @@ export CAIRN_PASSWORD=bench
 unset CAIRN_PASSWORD_FILE CAIRN_REPOSITORY CAIRN_CACHE_DIR || true
 echo "export CAIRN_PASSWORD=bench   # every command below names --repo and its own CAIRN_CACHE_DIR" >>"$CMDS"
 REPOS=(capped uncapped)
-declare -A BUDGET=([capped]= [uncapped]="--rewrite-budget 0")
+declare -A BUDGET=([capped]="${CAPPED_BUDGET:+--rewrite-budget $CAPPED_BUDGET}" [uncapped]="--rewrite-budget 0")
 C() { local r=$1; shift; echo env "CAIRN_CACHE_DIR=$WORKDIR/cache/$r" "$CAIRN_BIN" --repo "$WORKDIR/repo/$r" "$@"; }
 
 TREE=${TREE_DIR:-$WORKDIR/tree}

@@ -4,9 +4,11 @@
 //! stay where they were first stored, so after a month one segment of the newest snapshot
 //! is spread over dozens of old packs and its restore reads scattered ranges. So, per
 //! segment of a backup (16 MiB of disk), the old packs its deduplicated chunks come from are
-//! ranked by how many of the segment's bytes each holds; chunks in packs beyond the first
-//! [`Capping::max_packs`] are stored again, next to the segment's new chunks. A per-backup
-//! budget (a share of the bytes read) bounds what that costs; the index then names two
+//! ranked by how many of the segment's bytes each holds; of the packs beyond the first
+//! [`Capping::max_packs`], the sparsest are stored again whole, next to the segment's new
+//! chunks. A whole-read and a changed-block backup cap alike (the latter on the segments
+//! its changes touch). A per-backup budget (a share of the bytes read) bounds what that
+//! costs; the index then names two
 //! copies, the newer one is what restores read (and what prune keeps), and the old copy
 //! becomes garbage for prune. Older snapshots are the ones that read scattered data, as in
 //! a reverse-delta scheme.
@@ -53,23 +55,23 @@ impl Capping {
         if per_pack.len() <= self.max_packs || self.budget.load(Ordering::Relaxed) <= 0 {
             return out;
         }
+        // The sparsest packs first, each one whole or not at all: a pack left with one
+        // chunk still costs the restore a read, so the budget buys the most reads saved
+        // when it goes to the packs that hold the fewest of the segment's bytes.
         let mut ranked: Vec<(u64, Id)> = per_pack.into_iter().map(|(p, b)| (b, p)).collect();
         ranked.sort_unstable_by(|a, b| b.cmp(a));
-        let sparse: HashMap<Id, ()> = ranked[self.max_packs..]
-            .iter()
-            .map(|(_, p)| (*p, ()))
-            .collect();
-        for (i, (len, loc)) in pieces.iter().enumerate() {
-            let Some((pack, created)) = loc else { continue };
-            if *created >= self.session_start || !sparse.contains_key(pack) {
-                continue;
-            }
-            if self.budget.fetch_sub(*len as i64, Ordering::Relaxed) < *len as i64 {
-                self.budget.fetch_add(*len as i64, Ordering::Relaxed);
+        for (bytes, pack) in ranked.drain(self.max_packs..).rev() {
+            let left = self.budget.fetch_sub(bytes as i64, Ordering::Relaxed);
+            if left < bytes as i64 {
+                self.budget.fetch_add(bytes as i64, Ordering::Relaxed);
                 break;
             }
-            self.rewritten.fetch_add(*len, Ordering::Relaxed);
-            out[i] = true;
+            self.rewritten.fetch_add(bytes, Ordering::Relaxed);
+            for (i, (_, loc)) in pieces.iter().enumerate() {
+                if loc.is_some_and(|(p, created)| p == pack && created < self.session_start) {
+                    out[i] = true;
+                }
+            }
         }
         out
     }
@@ -99,7 +101,11 @@ mod tests {
             vec![false, false, false, false, true, true, false, false]
         );
         assert_eq!(c.rewritten.load(Ordering::Relaxed), 1500);
+        // Room for the sparsest pack only.
         let tight = Capping::new(1200, 100);
-        assert_eq!(tight.choose(&pieces).iter().filter(|&&x| x).count(), 1);
+        assert_eq!(
+            tight.choose(&pieces),
+            vec![false, false, false, false, false, true, false, false]
+        );
     }
 }

@@ -63,21 +63,6 @@ impl ChangeMap {
     pub fn bytes(&self) -> u64 {
         self.ranges.iter().map(|r| r.end - r.start).sum()
     }
-
-    /// Bytes of the `seg`-aligned segments of a `size`-byte disk that the map touches.
-    pub fn touched(&self, seg: u64, size: u64) -> u64 {
-        let mut bytes = 0;
-        let mut next = 0; // the first segment not yet counted
-        for r in &self.ranges {
-            let first = (r.start / seg).max(next);
-            let last = r.end.div_ceil(seg);
-            for s in first..last {
-                bytes += ((s + 1) * seg).min(size) - s * seg;
-            }
-            next = next.max(last);
-        }
-        bytes
-    }
 }
 
 /// The decision for one disk: a map and the parent's record of the disk, or why not.
@@ -274,17 +259,5 @@ mod tests {
         assert!(parse_extents(br#"[{"offset":-1,"length":3}]"#).is_err());
         assert!(parse_extents(br#"{"changedArea":3}"#).is_err());
         assert!(normalize(vec![0..101], 100).is_err());
-    }
-
-    #[test]
-    fn touched_counts_each_segment_once_and_the_last_one_short() {
-        let m = |ranges| ChangeMap {
-            kind: "extents",
-            id: None,
-            ranges,
-        };
-        assert_eq!(m(vec![1..2, 3..4, 15..17]).touched(10, 25), 20);
-        assert_eq!(m(vec![9..11, 22..23]).touched(10, 25), 25);
-        assert_eq!(m(vec![]).touched(10, 25), 0);
     }
 }

@@ -252,16 +252,13 @@ pub fn run(
     for &i in &full {
         total += allocated_bytes(sources[i].image.as_ref(), span)?;
     }
-    // Capping's budget: a share of what is chunked, where a changed-block disk counts the
-    // segments its changes touch (those are the ones capping looks at), not the bytes read.
-    let seg = repo.config.chunker.segment_size as u64;
-    let touched: u64 = incremental
-        .iter()
-        .map(|(_, m, pd)| m.touched(seg, pd.size))
-        .sum();
-    let budget = ((total + touched) as f64 * opts.rewrite_budget.clamp(0.0, 1.0)) as u64;
     total += incremental.iter().map(|(_, m, _)| m.bytes()).sum::<u64>();
     let bar = crate::progress::bytes_bar(total, "backup", opts.quiet);
+    // Capping's budget: a share of the bytes read and chunked. On a changed-block night
+    // that is the changed bytes, not the segments they touch: scattered writes touch
+    // nearly every segment, and 5 % of those a night grew the repository by a fifth over
+    // 20 nights for little (BENCHMARKS.md H).
+    let budget = (total as f64 * opts.rewrite_budget.clamp(0.0, 1.0)) as u64;
     let mut session = Session::new(repo, &cache, &avoid, budget);
     let mut inc_tables: Vec<(
         usize,
