@@ -508,3 +508,79 @@ fn changed_block_nights_keep_a_hot_segment_in_few_packs() {
         packs[1]
     );
 }
+
+/// The data cut points of the first table of `disk` in snapshot `id`: offsets where a data
+/// chunk ends and another data chunk starts.
+fn data_cuts(env: &Env, id: &str, disk: &str) -> Vec<u64> {
+    std::env::set_var("CAIRN_CACHE_DIR", env.path("cache"));
+    let repo = cairn::repo::Repository::open(&env.url, &|| Ok(env.password.clone())).unwrap();
+    let cache = repo.index_cache().unwrap();
+    let r = cache.reader().unwrap();
+    let t = tables(env, id, disk)[0].unwrap();
+    let ext = cairn::snapshot::load_table(&repo, &r, &t).unwrap().extents;
+    let (mut at, mut cuts) = (0u64, Vec::new());
+    for w in ext.windows(2) {
+        at += w[0].len as u64;
+        if w[0].id.is_some() && w[1].id.is_some() {
+            cuts.push(at);
+        }
+    }
+    cuts
+}
+
+/// FastCDC decides a cut at offset c from the bytes before c and the byte at c, so a
+/// change that starts exactly at one of the parent's cuts moves that cut: re-chunking
+/// must start from the cut before it. Writes that start exactly at parent cuts (and one
+/// that ends exactly at one) still give a full read's tables.
+#[test]
+fn a_change_starting_exactly_at_a_parent_cut_rechunks_from_the_cut_before() {
+    // The case that matters most is a cut on a 4 KiB boundary (one in 4096), where the
+    // block before the cut holds none of the changed bytes (segment edges, 16 MiB apart,
+    // are cuts whatever the bytes): find an image that has one.
+    let (env, img, cuts, aligned) = (12..60)
+        .find_map(|seed| {
+            let env = Env::new();
+            env.init(&[]);
+            let img = env.path("disk0.img");
+            make_random_image(&img, 64 * MIB, 48 * MIB, seed);
+            let first = env.backup("db01", &[&img], &[]);
+            let cuts = data_cuts(&env, first["snapshot"].as_str().unwrap(), "disk0.img");
+            let aligned = cuts
+                .iter()
+                .copied()
+                .find(|c| c % 4096 == 0 && c % (16 * MIB) != 0)?;
+            Some((env, img, cuts, aligned))
+        })
+        .expect("no image with a data cut on a 4 KiB boundary in 48 seeds");
+    assert!(cuts.len() > 100, "{} cuts", cuts.len());
+    let mut ranges = vec![(aligned, 4096)];
+    let mut cmds = vec![format!("write -P 0x3c {aligned} 4096")];
+    for (n, &c) in cuts.iter().step_by(cuts.len() / 12).take(12).enumerate() {
+        if c.abs_diff(aligned) < 70_000 {
+            continue;
+        }
+        let (off, len) = if n % 4 == 3 {
+            (c - 300, 300)
+        } else {
+            (c, 1 + n as u64 * 97)
+        };
+        cmds.push(format!("write -P 0x{:02x} {off} {len}", 0x41 + n));
+        ranges.push((off, len));
+    }
+    qemu_io("raw", &img, &cmds);
+    let map = env.path("cbt.json");
+    std::fs::write(&map, map_json(&ranges)).unwrap();
+    let r = env.backup("db01", &[&img], &["--changed-extents", s(&map)]);
+    assert_eq!(r["items"][0]["changed_blocks"]["map"], "extents", "{r}");
+    let inc = r["snapshot"].as_str().unwrap().to_string();
+    let f = env.backup("db01", &[&img], &["--force-read"]);
+    let full = f["snapshot"].as_str().unwrap().to_string();
+    if tables(&env, &inc, "disk0.img") != tables(&env, &full, "disk0.img") {
+        diff_tables(&env, &inc, &full, "disk0.img");
+    }
+    assert_eq!(
+        tables(&env, &inc, "disk0.img"),
+        tables(&env, &full, "disk0.img")
+    );
+    restores_as(&env, &inc, "disk0.img", &img);
+}

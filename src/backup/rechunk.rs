@@ -222,17 +222,28 @@ impl Window<'_, '_> {
         b.max(self.seg.start)..(b + ZERO_BLOCK as u64).min(self.seg.end)
     }
 
-    /// True if parent boundary `at` lets chunking restart there: the block before it is
-    /// unchanged and holds a non-zero byte, so no zero run reaches across.
+    /// True if parent boundary `at` lets chunking restart there: the block before it and
+    /// the byte at it are unchanged (FastCDC decides a cut from the bytes before it *and*
+    /// the first byte after), and the block holds a non-zero byte, so no zero run reaches
+    /// across. The block's part from `at` on is looked at first: it lies in the piece the
+    /// window reads anyway, so the piece before is decompressed only if that part is zeros.
     fn firm_in_parent(&mut self, at: u64) -> Result<bool> {
         let b = self.block_of(at - 1);
-        if self.touches_change(b.clone()) {
+        if self.touches_change(b.start..b.end.max(at + 1)) {
             return Ok(false);
         }
-        let mut buf = vec![0u8; (b.end - b.start) as usize];
-        self.parent_view.read_at(b.start, &mut buf)?;
-        self.done.stats.from_parent += buf.len() as u64;
-        Ok(!is_zero(&buf))
+        for part in [at..b.end, b.start..at] {
+            if part.is_empty() {
+                continue;
+            }
+            let mut buf = vec![0u8; (part.end - part.start) as usize];
+            self.parent_view.read_at(part.start, &mut buf)?;
+            self.done.stats.from_parent += buf.len() as u64;
+            if !is_zero(&buf) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn segment(&mut self) -> Result<Vec<P>> {
