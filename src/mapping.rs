@@ -29,8 +29,7 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps `len` bytes of `file` at `offset`, its pages populated now (on the caller's
-    /// thread, with the kernel's read-ahead). `what` is the message printed if the bytes
+    /// Maps `len` bytes of `file` at `offset`. `what` is the message printed if the bytes
     /// vanish while mapped. None if the map cannot be made: the caller reads instead.
     pub fn new(file: &File, offset: u64, len: usize, what: String) -> Option<Mapping> {
         if len == 0 {
@@ -45,7 +44,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 map_len,
                 libc::PROT_READ,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
+                libc::MAP_SHARED,
                 file.as_raw_fd(),
                 at,
             )
@@ -62,6 +61,22 @@ impl Mapping {
             len,
             slot,
         })
+    }
+
+    /// Faults in the pages of `r` (relative to the mapped bytes) now, on the caller's
+    /// thread and with the kernel's read-ahead, so whoever reads them next does not wait.
+    /// Only a hint: on a kernel without MADV_POPULATE_READ (before 5.14) pages fault in
+    /// when read.
+    pub fn populate(&self, r: std::ops::Range<usize>) {
+        let page = page_size();
+        let start = (self.skip + r.start.min(self.len)) / page * page;
+        let end = self.skip + r.end.min(self.len);
+        if start < end {
+            unsafe {
+                let at = (self.base as *mut u8).add(start) as *mut libc::c_void;
+                libc::madvise(at, end - start, libc::MADV_POPULATE_READ);
+            }
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -174,6 +189,8 @@ mod tests {
         f.write_all(&data).unwrap();
         for (off, len) in [(0, 100_000), (4096, 5000), (12345, 70_000), (99_999, 1)] {
             let m = Mapping::new(&f, off as u64, len, "test".into()).unwrap();
+            m.populate(0..len);
+            m.populate(len / 2..len + 100);
             assert_eq!(m.bytes(), &data[off..off + len]);
         }
         assert!(Mapping::new(&f, 0, 0, "empty".into()).is_none());

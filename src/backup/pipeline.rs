@@ -526,12 +526,11 @@ fn read_segments(
                     let Ok(mut buf) = pool.recv() else {
                         return Ok(());
                     };
-                    // Mostly allocated: mapped, unless the source cannot be (then read).
-                    let data: usize = allocated.iter().map(|r| r.len()).sum();
-                    if 2 * data as u64 >= len {
-                        mapped = src.image.map(offset..end);
-                    }
-                    if mapped.is_some() {
+                    // Mapped where the source can be (only its data pages faulted in,
+                    // here, so that the workers find them present), else read.
+                    mapped = src.image.map(offset..end);
+                    if let Some(m) = &mapped {
+                        allocated.iter().for_each(|r| m.populate(r.clone()));
                         Some(buf)
                     } else {
                         buf.resize(len as usize, 0);
