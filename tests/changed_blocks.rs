@@ -131,16 +131,7 @@ fn raw_image_changed_blocks_equal_a_full_read() {
         assert!(read <= changed, "read {read} of {changed} changed: {r}");
         assert!(cb["bytes_skipped"].as_u64().unwrap() > 80 * MIB, "{r}");
         let inc = r["snapshot"].as_str().unwrap().to_string();
-        let f = env.backup("db01", &[&img], &["--force-read"]);
-        let full = f["snapshot"].as_str().unwrap().to_string();
-        if tables(&env, &inc, "disk0.img") != tables(&env, &full, "disk0.img") {
-            diff_tables(&env, &inc, &full, "disk0.img");
-        }
-        assert_eq!(
-            tables(&env, &inc, "disk0.img"),
-            tables(&env, &full, "disk0.img"),
-            "seed {seed}"
-        );
+        assert_tables_of_a_full_read(&env, &img, &inc, &format!("seed {seed}"));
         restores_as(&env, &inc, "disk0.img", &img);
     }
 }
@@ -361,6 +352,21 @@ fn set_bitmap_in_use(img: &Path) {
 }
 
 #[allow(dead_code)]
+/// Backs `img` up again with `--force-read` and asserts that snapshot `inc` has exactly the
+/// tables of that full read (printing the pieces that differ first).
+fn assert_tables_of_a_full_read(env: &Env, img: &Path, inc: &str, what: &str) {
+    let f = env.backup("db01", &[img], &["--force-read"]);
+    let full = f["snapshot"].as_str().unwrap();
+    let (a, b) = (
+        tables(env, inc, "disk0.img"),
+        tables(env, full, "disk0.img"),
+    );
+    if a != b {
+        diff_tables(env, inc, full, "disk0.img");
+    }
+    assert_eq!(a, b, "{what}");
+}
+
 fn diff_tables(env: &Env, a: &str, b: &str, disk: &str) {
     std::env::set_var("CAIRN_CACHE_DIR", env.path("cache"));
     let repo = cairn::repo::Repository::open(&env.url, &|| Ok(env.password.clone())).unwrap();
@@ -573,14 +579,6 @@ fn a_change_starting_exactly_at_a_parent_cut_rechunks_from_the_cut_before() {
     let r = env.backup("db01", &[&img], &["--changed-extents", s(&map)]);
     assert_eq!(r["items"][0]["changed_blocks"]["map"], "extents", "{r}");
     let inc = r["snapshot"].as_str().unwrap().to_string();
-    let f = env.backup("db01", &[&img], &["--force-read"]);
-    let full = f["snapshot"].as_str().unwrap().to_string();
-    if tables(&env, &inc, "disk0.img") != tables(&env, &full, "disk0.img") {
-        diff_tables(&env, &inc, &full, "disk0.img");
-    }
-    assert_eq!(
-        tables(&env, &inc, "disk0.img"),
-        tables(&env, &full, "disk0.img")
-    );
+    assert_tables_of_a_full_read(&env, &img, &inc, "writes at parent cuts");
     restores_as(&env, &inc, "disk0.img", &img);
 }

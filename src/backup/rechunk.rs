@@ -51,7 +51,22 @@ impl P {
     }
 }
 
+/// What the re-chunking hands the writer thread, in disk order.
+enum Store {
+    /// A span the map does not touch: the parent's table as it is.
+    Keep(Option<Id>),
+    /// The pieces of one segment and what re-chunking it made.
+    Segment(Vec<P>, Rechunked),
+    /// The span's segments are all sent: store its table.
+    EndSpan,
+}
+
 /// Re-chunks disk `src` around `map`'s ranges; returns its tables.
+///
+/// The segments a change touches are re-chunked a few at a time in parallel (one per core,
+/// so at most that many windows' buffers are held), while a writer thread stores the
+/// previous batch's blobs and tables in disk order: packing (the copy into the pack file)
+/// then overlaps the next batch instead of leaving the cores idle.
 pub(super) fn disk<'b>(
     sh: &Shared<'b>,
     w: &mut Writer<'b>,
@@ -61,21 +76,83 @@ pub(super) fn disk<'b>(
     map: &ChangeMap,
     progress: &dyn Fn(u64),
 ) -> Result<(Vec<Option<Id>>, Stats)> {
+    let mut stats = Stats::default();
+    let tables = std::thread::scope(|scope| -> Result<Vec<Option<Id>>> {
+        // One segment waits while the writer stores another: a batch's worth in flight.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Store>(1);
+        let writer = scope.spawn(move || store_in_order(sh, w, rx));
+        let chunked = rechunk_spans(sh, src, parent, parent_view, map, &mut stats, progress, &tx);
+        drop(tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Other("the writer thread panicked".into())));
+        // A writer failure stops the re-chunking (its sends fail): report the writer's.
+        match (written, chunked) {
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            (Ok(t), Ok(())) => Ok(t),
+        }
+    })?;
+    stats.skipped = parent.size.saturating_sub(map.bytes());
+    Ok((tables, stats))
+}
+
+/// The writer thread: stores blobs and tables as they come, in disk order.
+fn store_in_order<'b>(
+    sh: &Shared<'b>,
+    w: &mut Writer<'b>,
+    rx: std::sync::mpsc::Receiver<Store>,
+) -> Result<Vec<Option<Id>>> {
+    let mut tables = Vec::new();
+    let mut table = ChunkTable::default();
+    for msg in rx {
+        match msg {
+            Store::Keep(t) => tables.push(t),
+            Store::Segment(out, done) => {
+                w.holes += done.holes;
+                for b in &done.blobs {
+                    w.bytes_new += b.raw_len as u64;
+                    w.add_blob(sh, b)?;
+                }
+                for p in out {
+                    table.push(Extent {
+                        len: p.len as u32,
+                        id: p.id,
+                    });
+                }
+            }
+            Store::EndSpan => tables.push(w.store_table(sh, &std::mem::take(&mut table))?),
+        }
+    }
+    Ok(tables)
+}
+
+/// The re-chunking side of [`disk`]: sends each span's work to the writer.
+#[allow(clippy::too_many_arguments)]
+fn rechunk_spans(
+    sh: &Shared,
+    src: &Item,
+    parent: &Disk,
+    parent_view: &DiskView,
+    map: &ChangeMap,
+    stats: &mut Stats,
+    progress: &dyn Fn(u64),
+    tx: &std::sync::mpsc::SyncSender<Store>,
+) -> Result<()> {
     let span = parent.table_span;
     let size = parent.size;
     let seg = sh.repo.config.chunker.segment_size as u64;
-    let mut stats = Stats::default();
-    let mut tables = Vec::with_capacity(parent.tables.len());
     let reader = sh.cache.reader()?;
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 8);
+    // The writer stopped (its error is what `disk` reports).
+    let stopped = || Error::Other("the writer thread stopped".into());
     for (slot, ptable) in parent.tables.iter().enumerate() {
         let base = slot as u64 * span;
         let end = (base + span).min(size);
         let changes = clip(&map.ranges, base..end);
         if changes.is_empty() {
-            tables.push(*ptable);
+            tx.send(Store::Keep(*ptable)).map_err(|_| stopped())?;
             continue;
         }
         let pieces = match ptable {
@@ -105,9 +182,6 @@ pub(super) fn disk<'b>(
                 v
             }
         };
-        // The segments of the span; those the map touches are re-chunked a few at a time
-        // in parallel (one per core, so at most that many windows' buffers are held), and
-        // their blobs stored in disk order.
         let mut segs = Vec::new();
         let mut s0 = base;
         while s0 < end {
@@ -115,9 +189,8 @@ pub(super) fn disk<'b>(
             segs.push((clip_pieces(&pieces, s0..s1), clip(&changes, s0..s1), s0..s1));
             s0 = s1;
         }
-        let mut table = ChunkTable::default();
         for batch in segs.chunks(workers) {
-            let done: Vec<Result<Vec<P>>> = batch
+            let done: Vec<Result<(Vec<P>, Rechunked)>> = batch
                 .par_iter()
                 .map(|(segp, segc, r)| {
                     if segc.is_empty() {
@@ -136,34 +209,18 @@ pub(super) fn disk<'b>(
                     win.cap(&out)?;
                     Ok((out, win.done))
                 })
-                .collect::<Vec<Result<(Vec<P>, Rechunked)>>>()
-                .into_iter()
-                .map(|r| {
-                    let (out, done) = r?;
-                    w.holes += done.holes;
-                    for b in &done.blobs {
-                        w.bytes_new += b.raw_len as u64;
-                        w.add_blob(sh, b)?;
-                    }
-                    stats.read += done.stats.read;
-                    stats.from_parent += done.stats.from_parent;
-                    Ok(out)
-                })
                 .collect();
-            for out in done {
-                for p in out? {
-                    table.push(Extent {
-                        len: p.len as u32,
-                        id: p.id,
-                    });
-                }
+            for r in done {
+                let (out, done) = r?;
+                stats.read += done.stats.read;
+                stats.from_parent += done.stats.from_parent;
+                tx.send(Store::Segment(out, done)).map_err(|_| stopped())?;
             }
         }
-        tables.push(w.store_table(sh, &table)?);
+        tx.send(Store::EndSpan).map_err(|_| stopped())?;
         progress(changes.iter().map(|r| r.end - r.start).sum());
     }
-    stats.skipped = size.saturating_sub(map.bytes());
-    Ok((tables, stats))
+    Ok(())
 }
 
 /// The ranges of `v` inside `r`, clipped.
