@@ -14,7 +14,8 @@ pub struct Args {
 /// How prune collects, shared by `prune` and `forget --prune`.
 #[derive(clap::Args, Debug)]
 pub struct CollectArgs {
-    /// Repack a pack when more than this share of it is unused ("5%", "0.05" or "unlimited").
+    /// Unused data to tolerate, as a share of the data in use ("5%", "0.05" or
+    /// "unlimited"): packs are repacked, the most unused first, until no more is left.
     #[arg(long, default_value = "5%", value_parser = parse_share)]
     max_unused: f64,
     /// Take the exclusive lock and delete at once; backups wait. By default prune runs

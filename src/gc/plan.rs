@@ -79,8 +79,13 @@ impl Plan {
             )));
         }
         let (mut delete, mut repack, mut keep) = (Vec::new(), Vec::new(), Vec::new());
+        // Packs that hold needed blobs, the most unused first: repacked in that order until
+        // what stays unused is at most `max_unused` of the bytes in use, the way restic's
+        // --max-unused works. Each byte copied then frees the most: a pack 90 % unused
+        // costs a tenth of its size to reclaim, one 10 % unused nine tenths.
+        let mut partial = Vec::new();
+        let (mut in_use, mut unused) = (0u64, 0u64);
         for (id, plan) in &packs {
-            let unused = 1.0 - plan.used_bytes as f64 / plan.total_bytes.max(1) as f64;
             if plan.keep.is_empty() {
                 delete.push(*id);
             } else if !on_disk.contains_key(id) {
@@ -88,10 +93,17 @@ impl Plan {
                     "pack {} holds needed blobs but is missing; prune stops. Run `cairn check`",
                     pack_name(id)
                 )));
-            } else if unused > max_unused {
-                repack.push(*id);
             } else {
-                keep.push(*id);
+                let free = plan.total_bytes.saturating_sub(plan.used_bytes);
+                in_use += plan.used_bytes;
+                unused += free;
+                partial.push((free as f64 / plan.total_bytes.max(1) as f64, *id, free));
+            }
+        }
+        for (id, again) in to_repack(partial, in_use, unused, max_unused) {
+            match again {
+                true => repack.push(id),
+                false => keep.push(id),
             }
         }
         let mut unreferenced: Vec<Id> = on_disk
@@ -145,6 +157,27 @@ impl Plan {
     }
 }
 
+/// Which of the packs that hold needed blobs, each as (unused share, id, unused bytes), to
+/// repack: the most unused first, while more than `max_unused` of the `in_use` bytes would
+/// stay unused.
+fn to_repack(
+    mut partial: Vec<(f64, Id, u64)>,
+    in_use: u64,
+    mut unused: u64,
+    max_unused: f64,
+) -> Vec<(Id, bool)> {
+    partial.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut out = Vec::with_capacity(partial.len());
+    for (share, id, free) in partial {
+        let again = share > 0.0 && unused as f64 > max_unused * in_use as f64;
+        if again {
+            unused -= free;
+        }
+        out.push((id, again));
+    }
+    out
+}
+
 /// For each blob in `used`: (index time, pack, offset) of the copy to keep.
 pub fn winners<'a>(
     index: impl Iterator<Item = &'a IndexFile>,
@@ -165,4 +198,38 @@ pub fn winners<'a>(
         }
     }
     w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_most_unused_packs_go_first_until_the_rest_is_within_the_limit() {
+        let p = |b: u8| Id([b; 32]);
+        // 1000 bytes in use; unused: 90 + 40 + 10 + 5 + 0 = 145.
+        let partial = || {
+            vec![
+                (0.10, p(1), 10),
+                (0.90, p(2), 90),
+                (0.40, p(3), 40),
+                (0.05, p(4), 5),
+                (0.0, p(5), 0),
+            ]
+        };
+        let chosen = |max: f64| -> Vec<u8> {
+            let mut v: Vec<u8> = to_repack(partial(), 1000, 145, max)
+                .into_iter()
+                .filter(|x| x.1)
+                .map(|x| x.0 .0[0])
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(chosen(0.05), vec![2, 3]); // 145 → 55 → 15 ≤ 50
+        assert_eq!(chosen(0.10), vec![2]); // 145 → 55 ≤ 100
+        assert_eq!(chosen(0.0), vec![1, 2, 3, 4]); // every pack with anything unused
+        assert_eq!(chosen(f64::INFINITY), Vec::<u8>::new());
+        assert_eq!(chosen(0.5), Vec::<u8>::new());
+    }
 }
