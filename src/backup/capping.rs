@@ -40,6 +40,11 @@ impl Capping {
         }
     }
 
+    /// True once nothing more may be rewritten in this backup.
+    pub(super) fn spent(&self) -> bool {
+        self.budget.load(Ordering::Relaxed) <= 0
+    }
+
     /// For the data pieces of one segment, each as (length, the pack and index time of the
     /// copy the index has, if any), which to store again.
     pub(super) fn choose(&self, pieces: &[(u64, Option<(Id, u64)>)]) -> Vec<bool> {
@@ -52,7 +57,7 @@ impl Capping {
             }
         }
         let mut out = vec![false; pieces.len()];
-        if per_pack.len() <= self.max_packs || self.budget.load(Ordering::Relaxed) <= 0 {
+        if per_pack.len() <= self.max_packs || self.spent() {
             return out;
         }
         // The sparsest packs first, each one whole or not at all: a pack left with one
