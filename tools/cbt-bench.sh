@@ -5,12 +5,19 @@
 #                      [--scattered-pct 2] [--runs 3] [--workdir /tmp/cairn-cbt-bench]
 #                      [--out cbt-results.md] [--seed 1] [--no-build] [--cairn-bin PATH]
 #                      [--quiet-wait SECS] [--retries N] [--quick] [--tree-dir DIR]
+#                      [--source-mbps MB_PER_S]
 #
 # --quick: one 1 GiB image with 600 MiB of content, one run per step (a smoke test).
 # --tree-dir: where gen-tree.py writes the content before mkimage.sh packs it (default
 #   WORKDIR/tree; removed right after), e.g. a tmpfs such as /dev/shm/cbt-tree when the
 #   disk has no room for the tree and the image side by side.  A size that does not fit
 #   in the free space is skipped, with a note in the results.
+# --source-mbps: the source as a NAS or SAN would serve it: every timed step runs in a
+#   cgroup-v1 blkio group whose reads from the workdir's disk are throttled to this many
+#   MB/s (10^6 bytes), and starts with the page cache dropped and only the repository
+#   read back into it, so the image is read from the disk at that rate.  Needs root and
+#   /sys/fs/cgroup/blkio.  Without it the page cache is warm and the source costs nothing
+#   but CPU.
 #
 # Per image size (GiB, with the matching --content-mib of gen-tree.py content):
 #   1. gen-tree.py (seed) + mkimage.sh -> img/disk.img, a sparse raw GPT + ext4 image;
@@ -85,9 +92,10 @@ QUIET_WAIT=600
 RETRIES=2
 QUICK=0
 TREE_DIR=
+SOURCE_MBPS=0
 ARGS=("$@")
 
-usage() { sed -n '2,68p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,75p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case $1 in
         --sizes) SIZES=$2; shift 2 ;;
@@ -104,6 +112,7 @@ while [[ $# -gt 0 ]]; do
         --retries) RETRIES=$2; shift 2 ;;
         --quick) QUICK=1; shift ;;
         --tree-dir) TREE_DIR=$2; shift 2 ;;
+        --source-mbps) SOURCE_MBPS=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "cbt-bench: unknown argument $1" >&2; usage 2 ;;
     esac
@@ -113,6 +122,7 @@ IFS=, read -ra SIZE_L <<<"$SIZES"
 IFS=, read -ra CONTENT_L <<<"$CONTENT"
 (( ${#SIZE_L[@]} == ${#CONTENT_L[@]} )) ||
     { echo "cbt-bench: --sizes and --content-mib need the same number of entries" >&2; exit 2; }
+[[ $SOURCE_MBPS =~ ^[0-9]+$ ]] || { echo "cbt-bench: --source-mbps $SOURCE_MBPS is not a whole number" >&2; exit 2; }
 for v in "${SIZE_L[@]}" "${CONTENT_L[@]}" "$RUNS"; do
     [[ $v =~ ^[0-9]+$ && $v -ge 1 ]] || { echo "cbt-bench: $v is not a positive integer" >&2; exit 2; }
 done
@@ -144,6 +154,23 @@ if [[ -e $WORKDIR ]]; then
 fi
 mkdir -p "$WORKDIR"/{img,repo,cache,logs,tmp,restore,strace}
 touch "$WORKDIR/.cairn-cbt-bench"
+
+# ------------------------------------------------------------ the throttled source
+CG=
+if (( SOURCE_MBPS > 0 )); then
+    [[ $(id -u) == 0 ]] || die "--source-mbps needs root (a blkio cgroup and drop_caches)"
+    [[ -d /sys/fs/cgroup/blkio ]] || die "--source-mbps needs the cgroup-v1 blkio controller at /sys/fs/cgroup/blkio"
+    SRC_DEV=$(df --output=source "$WORKDIR" | tail -n 1)
+    [[ -b $SRC_DEV ]] || die "the workdir is on $SRC_DEV, not a block device: nothing to throttle"
+    PK=$(lsblk -ndo PKNAME "$SRC_DEV" 2>/dev/null || true)
+    [[ -n $PK ]] && SRC_DEV=/dev/$PK
+    MAJMIN=$(lsblk -ndo MAJ:MIN "$SRC_DEV" | tr -d ' ')
+    CG=/sys/fs/cgroup/blkio/cairn-cbt-bench
+    mkdir -p "$CG"
+    echo "$MAJMIN $((SOURCE_MBPS * 1000000))" >"$CG/blkio.throttle.read_bps_device"
+    trap 'rmdir "$CG" 2>/dev/null || true' EXIT
+    info "timed steps read $SRC_DEV ($MAJMIN) at most $SOURCE_MBPS MB/s, from a cold page cache"
+fi
 LOGS=$WORKDIR/logs
 CMDS=$WORKDIR/commands.txt
 ROWS=$WORKDIR/rows.tsv       # one line per timed step, see measure()
@@ -347,6 +374,8 @@ measure() {
     local name=$1 size=$2 case=$3 step=$4 r=$5; shift 5
     [[ $1 == -- ]] && shift
     logcmd "$@"
+    # throttled: the command joins the blkio group before it starts
+    [[ -n $CG ]] && set -- sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" "$@"
     local tf=$LOGS/$name.time b0 b1 wall user sys rss cpu other
     b0=$(busy_ticks)
     if ! /usr/bin/time -f '%e %U %S %M' -o "$tf" -- "$@" </dev/null \
@@ -365,14 +394,21 @@ measure() {
     info "$size GiB $case $step run $r: wall ${wall}s cpu ${cpu}s other-cpu ${other}s"
 }
 disturbed() {   # disturbed WALL OTHER: other CPU > 0.1 s + 15% of wall
-    awk -v w="$1" -v o="$2" 'BEGIN{exit !(o > 0.1 + 0.15 * w)}'
+    # (40 % with --source-mbps: the kernel's own threads then do the throttled reads)
+    awk -v w="$1" -v o="$2" -v f="$([[ -n $CG ]] && echo 0.4 || echo 0.15)" 'BEGIN{exit !(o > 0.1 + f * w)}'
 }
 drop_last_rows() {   # drop_last_rows N
     head -n "-$1" "$ROWS" >"$ROWS.tmp" && mv "$ROWS.tmp" "$ROWS"
 }
 warm() {   # the image and every file of the repository into the page cache
-    cat "$IMG" >/dev/null
-    find "$1" -type f -exec cat {} + >/dev/null
+    if [[ -n $CG ]]; then   # throttled: all but the image, which stays on the disk
+        sync
+        echo 3 >/proc/sys/vm/drop_caches
+        cat "$CAIRN_BIN" >/dev/null
+    else
+        cat "$IMG" >/dev/null
+    fi
+    find "$1" "$WORKDIR/cache/$(basename "$1")" -type f -exec cat {} + >/dev/null
 }
 # copy_repo NAME: a hard-linked copy of repo/r0 and a real copy of its cache
 copy_repo() {
@@ -710,7 +746,7 @@ EOF
     echo '```'
     echo
     echo "- cairn: tree $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [[ -z $(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] || echo ' + uncommitted changes in src'), binary $CAIRN_BIN_ORIG built $(date -u -r "$CAIRN_BIN_ORIG" +%H:%M:%SZ), run from a copy; $(qemu-io --version | head -n1)."
-    echo "- (i) = \`backup --changed-extents map.json\`, (ii) = \`backup --force-read\` of the same changed image, each in its own hard-linked copy of the repository after the first backup; medians of $RUNS runs. Warm page cache. MiB = 2^20 bytes."
+    echo "- (i) = \`backup --changed-extents map.json\`, (ii) = \`backup --force-read\` of the same changed image, each in its own hard-linked copy of the repository after the first backup; medians of $RUNS runs. $(if [[ -n $CG ]]; then echo "Source throttled: each timed step reads $SRC_DEV at most $SOURCE_MBPS MB/s (cgroup-v1 blkio), the page cache dropped before it and only the repository read back"; else echo "Warm page cache"; fi). MiB = 2^20 bytes."
     echo "- 'read from source' = the report's \`items[].changed_blocks.bytes_read\` (the top-level \`bytes_read\` is the same); 'fetched from repo' = \`bytes_from_parent\` (stored, compressed bytes of the parent's chunks around the changes)."
     echo
     cat "$WORKDIR/tables.md"
