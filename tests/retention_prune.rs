@@ -492,3 +492,53 @@ fn stale_and_live_locks_of_other_processes() {
     assert!(env.ok(&["unlock"]).contains("removed 2 locks"));
     assert!(env.ok(&["locks"]).contains("0 locks"));
 }
+
+/// A damaged blob that prune must copy out of a mostly unused pack stops the prune: the
+/// message names the blob and its pack, and no pack is deleted. (Repack checks each blob it
+/// keeps, not the whole pack, so this is the check that stands between damage and a copy.)
+#[test]
+fn a_damaged_blob_to_repack_stops_prune_and_deletes_nothing() {
+    use std::os::unix::fs::FileExt;
+    let env = Env::new();
+    env.init(&[]);
+    let img = env.path("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(48 << 20)
+        .unwrap();
+    scribble(&img, 0, 48 << 20, 1);
+    env.backup("vm", &[&img], &["--time", "2026-09-01T01:00:00Z"]);
+    let first: Vec<_> = env.packs();
+    // Every other MiB rewritten: half of the first night's blobs are unused once it is
+    // forgotten, so each of its packs is repacked.
+    for (i, mib) in (0..48u64).step_by(2).enumerate() {
+        scribble(&img, mib << 20, 1 << 20, 100 + i as u64);
+    }
+    env.backup("vm", &[&img], &["--time", "2026-09-02T01:00:00Z"]);
+    // One byte in every 4 KiB of the first night's packs: every blob they hold is damaged.
+    for p in &first {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        for at in (4096..len.saturating_sub(4096)).step_by(4096) {
+            let mut b = [0u8];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+        }
+    }
+    let packs_before = env.packs();
+    let o = env.run(&["forget", "--keep-last", "1", "--prune", "--exclusive"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "prune copied damaged blobs: {err}");
+    assert!(
+        err.contains("blob ") && err.contains("in pack data/"),
+        "{err}"
+    );
+    let after = env.packs();
+    for p in &packs_before {
+        assert!(after.contains(p), "{} was deleted: {err}", p.display());
+    }
+}
