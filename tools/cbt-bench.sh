@@ -14,8 +14,9 @@
 #   in the free space is skipped, with a note in the results.
 # --source-mbps: the source as a NAS or SAN would serve it: every timed step runs in a
 #   cgroup-v1 blkio group whose reads from the workdir's disk are throttled to this many
-#   MB/s (10^6 bytes), and starts with the page cache dropped and only the repository
-#   read back into it, so the image is read from the disk at that rate.  Needs root and
+#   MB/s (10^6 bytes), and starts with the page cache dropped and only the repository,
+#   its index cache and the binary read back, so the image is read from the disk at that
+#   rate.  Needs root and
 #   /sys/fs/cgroup/blkio.  Without it the page cache is warm and the source costs nothing
 #   but CPU.
 #
@@ -69,7 +70,7 @@
 # with cat before every timed step), the machine is idle-waited before every timed
 # step (up to --quiet-wait s, default 600), and every step records "other CPU" (busy
 # CPU of the whole machine from /proc/stat minus the step's own).  A run whose (i)
-# or (ii) had other CPU > 0.1 s + 15 % of its wall time is redone in fresh copies, up
+# or (ii) had other CPU > 0.1 s + 15 % (40 % with --source-mbps) of its wall time is redone in fresh copies, up
 # to --retries times (default 2); stricter than the 0.5 s of bench.sh because the
 # incremental steps take about a second.  The workdir is wiped at start (only if it
 # is empty or was made by this script).
@@ -95,7 +96,7 @@ TREE_DIR=
 SOURCE_MBPS=0
 ARGS=("$@")
 
-usage() { sed -n '2,75p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,76p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case $1 in
         --sizes) SIZES=$2; shift 2 ;;
@@ -400,7 +401,7 @@ disturbed() {   # disturbed WALL OTHER: other CPU > 0.1 s + 15% of wall
 drop_last_rows() {   # drop_last_rows N
     head -n "-$1" "$ROWS" >"$ROWS.tmp" && mv "$ROWS.tmp" "$ROWS"
 }
-warm() {   # the image and every file of the repository into the page cache
+warm() {   # the image, the repository and its index cache into the page cache
     if [[ -n $CG ]]; then   # throttled: all but the image, which stays on the disk
         sync
         echo 3 >/proc/sys/vm/drop_caches
@@ -746,7 +747,7 @@ EOF
     echo '```'
     echo
     echo "- cairn: tree $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [[ -z $(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] || echo ' + uncommitted changes in src'), binary $CAIRN_BIN_ORIG built $(date -u -r "$CAIRN_BIN_ORIG" +%H:%M:%SZ), run from a copy; $(qemu-io --version | head -n1)."
-    echo "- (i) = \`backup --changed-extents map.json\`, (ii) = \`backup --force-read\` of the same changed image, each in its own hard-linked copy of the repository after the first backup; medians of $RUNS runs. $(if [[ -n $CG ]]; then echo "Source throttled: each timed step reads $SRC_DEV at most $SOURCE_MBPS MB/s (cgroup-v1 blkio), the page cache dropped before it and only the repository read back"; else echo "Warm page cache"; fi). MiB = 2^20 bytes."
+    echo "- (i) = \`backup --changed-extents map.json\`, (ii) = \`backup --force-read\` of the same changed image, each in its own hard-linked copy of the repository after the first backup; medians of $RUNS runs. $(if [[ -n $CG ]]; then echo "Source throttled: each timed step reads $SRC_DEV at most $SOURCE_MBPS MB/s (cgroup-v1 blkio), the page cache dropped before it and only the repository, its index cache and the binary read back"; else echo "Warm page cache"; fi). MiB = 2^20 bytes."
     echo "- 'read from source' = the report's \`items[].changed_blocks.bytes_read\` (the top-level \`bytes_read\` is the same); 'fetched from repo' = \`bytes_from_parent\` (stored, compressed bytes of the parent's chunks around the changes)."
     echo
     cat "$WORKDIR/tables.md"
