@@ -143,9 +143,10 @@ impl Plan {
         for (n, pack) in self.repack.iter().enumerate() {
             let bytes = repo.backend.get(&pack_name(pack))?;
             // Only the header, for the pack's key: the whole pack is not hashed against its
-            // name, since each blob kept is checked by itself below (sealed and hashed to
-            // its id), and the blobs not kept are dropped, damaged or not. That hash was a
-            // quarter of prune's CPU on the corpus (BENCHMARKS.md K).
+            // name, since each blob kept is checked by itself below (it must open under
+            // the pack's key with its id bound), and the blobs not kept are dropped,
+            // damaged or not. That hash was a quarter of prune's CPU on the corpus
+            // (BENCHMARKS.md K2).
             let header = FileHeader::decode(FileKind::Pack, &bytes, &repo.keys, &pack_name(pack))?;
             let old = header.sealer(&repo.keys);
             // Opening, verifying and sealing again is nearly all of a repack's work, and
@@ -165,7 +166,7 @@ impl Plan {
                                 ),
                             )
                         })?;
-                        reseal_blob(&repo.keys, &old, &new, e, stored, pack)
+                        reseal_blob(&old, &new, e, stored, pack)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 for (e, blob) in batch.iter().zip(&blobs) {

@@ -9,7 +9,7 @@
 
 use crate::repo::index::IndexPack;
 use crate::repo::lock::LockKind;
-use crate::repo::pack::{pack_name, reseal_blob, verify_pack, PackEntry};
+use crate::repo::pack::{open_blob, pack_name, reseal_blob, verify_pack, PackEntry};
 use crate::repo::packer::Packer;
 use crate::repo::Repository;
 use crate::{Error, Id, Result};
@@ -136,7 +136,9 @@ pub fn run(repo: &Repository, only: &[String], dry_run: bool, quiet: bool) -> Re
             let end = e.offset as usize + e.length as usize;
             let blob = bytes.get(e.offset as usize..end).and_then(|stored| {
                 let new = packer.as_ref().map_or(&old, |p| p.sealer());
-                reseal_blob(&repo.keys, &old, new, e, stored, pack).ok()
+                // Salvage trusts only a blob whose content still hashes to its id.
+                open_blob(&repo.keys, &old, e, stored, pack).ok()?;
+                reseal_blob(&old, new, e, stored, pack).ok()
             });
             match (blob, packer.as_mut()) {
                 (None, _) => rep.blobs_lost += 1,

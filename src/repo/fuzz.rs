@@ -1483,7 +1483,7 @@ fn blob_aad(e: &PackEntry) -> Vec<u8> {
 /// opens is decoded as one.
 fn open_and_reseal(keys: &Keys, b: &Blob, e: &PackEntry, stored: &[u8]) -> Result<()> {
     let fresh = keys.sealer(&[9; 32]);
-    let _ = pack::reseal_blob(keys, &b.sealer, &fresh, e, stored, &b.pack);
+    let _ = pack::reseal_blob(&b.sealer, &fresh, e, stored, &b.pack);
     let plain = pack::open_blob(keys, &b.sealer, e, stored, &b.pack)?;
     if e.kind == BlobKind::Table {
         ChunkTable::decode(&plain, "fuzz")?;
