@@ -23,7 +23,6 @@ use crate::snapshot::view::DiskView;
 use crate::snapshot::{ChunkTable, Disk, Extent};
 use crate::vm::Item;
 use crate::{Error, Id, Result};
-use rayon::prelude::*;
 use std::ops::Range;
 
 /// What a changed-block read of one disk did.
@@ -51,22 +50,36 @@ impl P {
     }
 }
 
-/// What the re-chunking hands the writer thread, in disk order.
-enum Store {
+/// What the re-chunking side hands the workers, in disk order.
+enum Work {
     /// A span the map does not touch: the parent's table as it is.
     Keep(Option<Id>),
-    /// The pieces of one segment and what re-chunking it made.
-    Segment(Vec<P>, Rechunked),
-    /// The span's segments are all sent: store its table.
-    EndSpan,
+    /// One segment of a touched span: the parent's pieces, the changes inside it.
+    Segment {
+        pieces: Vec<P>,
+        changes: Vec<Range<u64>>,
+        seg: Range<u64>,
+    },
+    /// The span's segments are all sent (it had `changed` bytes of changes): store its table.
+    EndSpan { changed: u64 },
+}
+
+/// What a worker hands the writer: the work item, with a segment's re-chunking done.
+enum Store {
+    Keep(Option<Id>),
+    Segment(Vec<P>, Rechunked, bool),
+    EndSpan { changed: u64 },
 }
 
 /// Re-chunks disk `src` around `map`'s ranges; returns its tables.
 ///
-/// The segments a change touches are re-chunked a few at a time in parallel (one per core,
-/// so at most that many windows' buffers are held), while a writer thread stores the
-/// previous batch's blobs and tables in disk order: packing (the copy into the pack file)
-/// then overlaps the next batch instead of leaving the cores idle.
+/// Three stages, like a full read's pipeline: this thread walks the parent's tables and
+/// hands out the segments a change touches, one worker per core re-chunks them, and a
+/// writer thread stores blobs and tables in disk order. Segments differ a lot in work (a
+/// write of 8 MiB against one of 256 KiB), so workers take the next segment as soon as
+/// they are free instead of waiting for a batch: batches of one segment per core left a
+/// core idle for half of a clustered night (BENCHMARKS.md G5). At most one segment per
+/// core plus one is out between this thread and the writer, which bounds the memory.
 pub(super) fn disk<'b>(
     sh: &Shared<'b>,
     w: &mut Writer<'b>,
@@ -74,20 +87,51 @@ pub(super) fn disk<'b>(
     parent: &Disk,
     parent_view: &DiskView,
     map: &ChangeMap,
-    progress: &dyn Fn(u64),
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Vec<Option<Id>>, Stats)> {
-    let mut stats = Stats::default();
-    let tables = std::thread::scope(|scope| -> Result<Vec<Option<Id>>> {
-        // One segment waits while the writer stores another: a batch's worth in flight.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Store>(1);
-        let writer = scope.spawn(move || store_in_order(sh, w, rx));
-        let chunked = rechunk_spans(sh, src, parent, parent_view, map, &mut stats, progress, &tx);
-        drop(tx);
+    use std::sync::mpsc::{channel, sync_channel};
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
+    let (tables, mut stats) = std::thread::scope(|scope| -> Result<(Vec<Option<Id>>, Stats)> {
+        let (work_tx, work_rx) = sync_channel::<(u64, Work)>(1);
+        let (res_tx, res_rx) = channel::<(u64, Result<Store>)>();
+        let (token_tx, token_rx) = sync_channel::<()>(workers + 1);
+        for _ in 0..=workers {
+            token_tx.send(()).expect("the token channel has room");
+        }
+        let work_rx = std::sync::Arc::new(std::sync::Mutex::new(work_rx));
+        for _ in 0..workers {
+            let (work_rx, res_tx) = (work_rx.clone(), res_tx.clone());
+            scope.spawn(move || loop {
+                let next = work_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let Ok((seq, work)) = next else { return };
+                let done = match work {
+                    Work::Keep(t) => Ok(Store::Keep(t)),
+                    Work::EndSpan { changed } => Ok(Store::EndSpan { changed }),
+                    Work::Segment {
+                        pieces,
+                        changes,
+                        seg,
+                    } => rechunk_segment(sh, src, parent_view, pieces, &changes, seg),
+                };
+                if res_tx.send((seq, done)).is_err() {
+                    return;
+                }
+            });
+        }
+        // Only the workers hold these now: when the writer stops (an error), the workers'
+        // sends fail, they exit, and this thread's next send fails instead of blocking.
+        drop(res_tx);
+        drop(work_rx);
+        let writer = scope.spawn(move || store_in_order(sh, w, res_rx, token_tx, progress));
+        let walked = walk_spans(sh, parent, map, &work_tx, &token_rx);
+        drop(work_tx);
         let written = writer
             .join()
             .unwrap_or_else(|_| Err(Error::Other("the writer thread panicked".into())));
-        // A writer failure stops the re-chunking (its sends fail): report the writer's.
-        match (written, chunked) {
+        // A writer failure stops the walk (its sends fail): report the writer's.
+        match (written, walked) {
             (Err(e), _) | (Ok(_), Err(e)) => Err(e),
             (Ok(t), Ok(())) => Ok(t),
         }
@@ -96,63 +140,107 @@ pub(super) fn disk<'b>(
     Ok((tables, stats))
 }
 
-/// The writer thread: stores blobs and tables as they come, in disk order.
+/// A worker's part: re-chunks one segment (or passes an untouched one through).
+fn rechunk_segment(
+    sh: &Shared,
+    src: &Item,
+    parent_view: &DiskView,
+    pieces: Vec<P>,
+    changes: &[Range<u64>],
+    seg: Range<u64>,
+) -> Result<Store> {
+    if changes.is_empty() {
+        return Ok(Store::Segment(pieces, Rechunked::default(), false));
+    }
+    let mut win = Window {
+        sh,
+        src,
+        parent_view,
+        pieces: &pieces,
+        changes,
+        seg,
+        done: Rechunked::default(),
+    };
+    let out = win.segment()?;
+    win.cap(&out)?;
+    Ok(Store::Segment(out, win.done, true))
+}
+
+/// The writer thread: stores blobs and tables in disk order as the workers finish them,
+/// and gives a segment's token back once it is stored.
 fn store_in_order<'b>(
     sh: &Shared<'b>,
     w: &mut Writer<'b>,
-    rx: std::sync::mpsc::Receiver<Store>,
-) -> Result<Vec<Option<Id>>> {
+    rx: std::sync::mpsc::Receiver<(u64, Result<Store>)>,
+    tokens: std::sync::mpsc::SyncSender<()>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Vec<Option<Id>>, Stats)> {
+    let mut stats = Stats::default();
     let mut tables = Vec::new();
     let mut table = ChunkTable::default();
-    for msg in rx {
-        match msg {
-            Store::Keep(t) => tables.push(t),
-            Store::Segment(out, done) => {
-                w.holes += done.holes;
-                for b in &done.blobs {
-                    w.bytes_new += b.raw_len as u64;
-                    w.add_blob(sh, b)?;
+    let mut waiting = std::collections::BTreeMap::new();
+    let mut next = 0u64;
+    for (seq, r) in rx {
+        waiting.insert(seq, r?);
+        while let Some(msg) = waiting.remove(&next) {
+            next += 1;
+            match msg {
+                Store::Keep(t) => tables.push(t),
+                Store::Segment(out, done, held_token) => {
+                    w.holes += done.holes;
+                    stats.read += done.stats.read;
+                    stats.from_parent += done.stats.from_parent;
+                    for b in &done.blobs {
+                        w.bytes_new += b.raw_len as u64;
+                        w.add_blob(sh, b)?;
+                    }
+                    for p in out {
+                        table.push(Extent {
+                            len: p.len as u32,
+                            id: p.id,
+                        });
+                    }
+                    if held_token {
+                        // The walk may have stopped; then nobody waits for it.
+                        let _ = tokens.send(());
+                    }
                 }
-                for p in out {
-                    table.push(Extent {
-                        len: p.len as u32,
-                        id: p.id,
-                    });
+                Store::EndSpan { changed } => {
+                    tables.push(w.store_table(sh, &std::mem::take(&mut table))?);
+                    progress(changed);
                 }
             }
-            Store::EndSpan => tables.push(w.store_table(sh, &std::mem::take(&mut table))?),
         }
     }
-    Ok(tables)
+    Ok((tables, stats))
 }
 
-/// The re-chunking side of [`disk`]: sends each span's work to the writer.
-#[allow(clippy::too_many_arguments)]
-fn rechunk_spans(
+/// The walking side of [`disk`]: hands out each span's work in disk order, a touched
+/// segment only once a token says there is room for it.
+fn walk_spans(
     sh: &Shared,
-    src: &Item,
     parent: &Disk,
-    parent_view: &DiskView,
     map: &ChangeMap,
-    stats: &mut Stats,
-    progress: &dyn Fn(u64),
-    tx: &std::sync::mpsc::SyncSender<Store>,
+    tx: &std::sync::mpsc::SyncSender<(u64, Work)>,
+    tokens: &std::sync::mpsc::Receiver<()>,
 ) -> Result<()> {
     let span = parent.table_span;
     let size = parent.size;
     let seg = sh.repo.config.chunker.segment_size as u64;
     let reader = sh.cache.reader()?;
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(1, 8);
     // The writer stopped (its error is what `disk` reports).
     let stopped = || Error::Other("the writer thread stopped".into());
+    let mut seq = 0u64;
+    let mut send = |work: Work| {
+        seq += 1;
+        tx.send((seq - 1, work)).map_err(|_| stopped())
+    };
     for (slot, ptable) in parent.tables.iter().enumerate() {
         let base = slot as u64 * span;
         let end = (base + span).min(size);
         let changes = clip(&map.ranges, base..end);
         if changes.is_empty() {
-            tx.send(Store::Keep(*ptable)).map_err(|_| stopped())?;
+            send(Work::Keep(*ptable))?;
             continue;
         }
         let pieces = match ptable {
@@ -182,43 +270,22 @@ fn rechunk_spans(
                 v
             }
         };
-        let mut segs = Vec::new();
         let mut s0 = base;
         while s0 < end {
             let s1 = (s0 + seg).min(end);
-            segs.push((clip_pieces(&pieces, s0..s1), clip(&changes, s0..s1), s0..s1));
+            let segc = clip(&changes, s0..s1);
+            if !segc.is_empty() {
+                tokens.recv().map_err(|_| stopped())?;
+            }
+            send(Work::Segment {
+                pieces: clip_pieces(&pieces, s0..s1),
+                changes: segc,
+                seg: s0..s1,
+            })?;
             s0 = s1;
         }
-        for batch in segs.chunks(workers) {
-            let done: Vec<Result<(Vec<P>, Rechunked)>> = batch
-                .par_iter()
-                .map(|(segp, segc, r)| {
-                    if segc.is_empty() {
-                        return Ok((segp.clone(), Rechunked::default()));
-                    }
-                    let mut win = Window {
-                        sh,
-                        src,
-                        parent_view,
-                        pieces: segp,
-                        changes: segc,
-                        seg: r.clone(),
-                        done: Rechunked::default(),
-                    };
-                    let out = win.segment()?;
-                    win.cap(&out)?;
-                    Ok((out, win.done))
-                })
-                .collect();
-            for r in done {
-                let (out, done) = r?;
-                stats.read += done.stats.read;
-                stats.from_parent += done.stats.from_parent;
-                tx.send(Store::Segment(out, done)).map_err(|_| stopped())?;
-            }
-        }
-        tx.send(Store::EndSpan).map_err(|_| stopped())?;
-        progress(changes.iter().map(|r| r.end - r.start).sum());
+        let changed = changes.iter().map(|r| r.end - r.start).sum();
+        send(Work::EndSpan { changed })?;
     }
     Ok(())
 }
