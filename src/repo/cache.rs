@@ -19,7 +19,8 @@ use crate::backend::Backend;
 use crate::error::{Error, IoContext, Result};
 use crate::Id;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use std::collections::HashSet;
+use super::sorted_runs::{Record, SortedRuns};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 const BLOBS: TableDefinition<[u8; 32], [u8; 53]> = TableDefinition::new("blobs");
@@ -42,6 +43,10 @@ const CACHE_BYTES: usize = 64 << 20;
 /// Index entries merged per cache transaction at most (its dirty pages stay in memory
 /// until it commits).
 const MERGE_BATCH: usize = 1 << 20;
+/// Blobs sorted in memory at once when the cache is built from scratch (93 bytes each).
+const RUN_ENTRIES: usize = 512 << 10;
+/// Blobs per transaction of that build; in key order, so its dirty pages are few.
+const BUILD_BATCH: usize = 256 << 10;
 
 /// Where a blob is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +89,8 @@ fn db_err(e: impl std::fmt::Display) -> Error {
 
 pub struct IndexCache {
     db: redb::Database,
+    /// The folder the database is in: where a build from scratch sorts its runs.
+    dir: PathBuf,
     /// A private cache made because the shared one was busy; removed on drop.
     private_dir: Option<PathBuf>,
 }
@@ -110,6 +117,7 @@ impl IndexCache {
         match Self::open_db(&path) {
             Ok(db) => Ok(IndexCache {
                 db,
+                dir: dir.to_path_buf(),
                 private_dir: None,
             }),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -122,6 +130,7 @@ impl IndexCache {
                 let db = Self::open_db(&private.join("index-v4.redb")).map_err(db_err)?;
                 Ok(IndexCache {
                     db,
+                    dir: private.clone(),
                     private_dir: Some(private),
                 })
             }
@@ -131,6 +140,7 @@ impl IndexCache {
                 let db = Self::open_db(&path).map_err(db_err)?;
                 Ok(IndexCache {
                     db,
+                    dir: dir.to_path_buf(),
                     private_dir: None,
                 })
             }
@@ -189,7 +199,13 @@ impl IndexCache {
             }
         };
         // New files first: a pack that a rewritten file still names keeps its count.
-        let Some(skipped) = self.merge(listed.difference(&merged), read)? else {
+        let new = listed.difference(&merged);
+        let done = if merged.is_empty() {
+            self.build(new, read)?
+        } else {
+            self.merge(new, read)?
+        };
+        let Some(skipped) = done else {
             return Ok(None);
         };
         let vanished: Vec<&String> = merged.difference(&listed).collect();
@@ -305,6 +321,105 @@ impl IndexCache {
         Ok((!vanished).then_some(skipped))
     }
 
+    /// Fills an empty cache from every index file at once (a new backup host, or a lost
+    /// cache). The blobs go through an external sort and into their table in key order,
+    /// so each page of the B-tree is written about once; merging in batches rewrites most
+    /// pages every batch. The files and packs are recorded last, in one transaction: a
+    /// build that stops half-way leaves blobs without files, which the next one clears.
+    fn build<'a>(
+        &self,
+        names: impl Iterator<Item = &'a String>,
+        read: &dyn Fn(&str) -> Result<IndexFile>,
+    ) -> Result<Option<Vec<(String, Error)>>> {
+        let mut names: Vec<&String> = names.collect();
+        names.sort();
+        self.reset()?;
+        let mut runs = SortedRuns::new(&self.dir, RUN_ENTRIES);
+        let mut seq = 0u64;
+        let mut skipped = Vec::new();
+        let mut files: Vec<(&String, Vec<u8>)> = Vec::new();
+        let mut packs: HashMap<[u8; 32], ([u8; 32], u32)> = HashMap::new();
+        for name in names {
+            let idx = match read(name) {
+                Ok(idx) => idx,
+                // Replaced by a prune since the listing: the caller lists again.
+                Err(e) if e.is_not_found() => return Ok(None),
+                Err(e @ Error::Corrupt { .. }) => {
+                    skipped.push((name.clone(), e));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut named = Vec::with_capacity(idx.packs.len() * 32);
+            for p in &idx.packs {
+                let known = packs.entry(p.pack.0).or_insert((p.salt, 0));
+                *known = (p.salt, known.1 + 1);
+                named.extend_from_slice(&p.pack.0);
+                for e in &p.entries {
+                    let value = encode_loc(&p.pack, e, idx.created);
+                    runs.push(Record {
+                        key: e.id.0,
+                        seq,
+                        value,
+                    })?;
+                    seq += 1;
+                }
+            }
+            files.push((name, named));
+        }
+
+        let created = |r: &Record| u64::from_le_bytes(r.value[45..53].try_into().expect("8"));
+        let mut sorted = runs.merged()?;
+        let mut next = sorted.next_record()?;
+        while next.is_some() {
+            let tx = self.db.begin_write().map_err(db_err)?;
+            {
+                let mut blobs = tx.open_table(BLOBS).map_err(db_err)?;
+                let mut dupes = tx.open_table(DUPES).map_err(db_err)?;
+                let mut n = 0;
+                while let Some(first) = next.filter(|_| n < BUILD_BATCH) {
+                    // The copies of one blob come together, in the order they were read:
+                    // the newest wins, and of equally new ones the first (as in `merge`).
+                    let mut win = first;
+                    let mut dupe = false;
+                    next = loop {
+                        match sorted.next_record()? {
+                            Some(r) if r.key == first.key => {
+                                dupe |= r.value[..32] != first.value[..32];
+                                if created(&r) > created(&win) {
+                                    win = r;
+                                }
+                            }
+                            other => break other,
+                        }
+                    };
+                    blobs.insert(win.key, win.value).map_err(db_err)?;
+                    if dupe {
+                        dupes.insert(win.key, ()).map_err(db_err)?;
+                    }
+                    n += 1;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+        }
+
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut merged = tx.open_table(FILES).map_err(db_err)?;
+            let mut pack_table = tx.open_table(PACKS).map_err(db_err)?;
+            let mut refs = tx.open_table(PACK_REFS).map_err(db_err)?;
+            for (name, named) in &files {
+                merged.insert(name.as_str(), named.as_slice()).map_err(db_err)?;
+            }
+            for (pack, (salt, n)) in &packs {
+                pack_table.insert(pack, salt).map_err(db_err)?;
+                refs.insert(pack, n).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(Some(skipped))
+    }
+
     fn add_batch(&self, batch: &[(&String, IndexFile)]) -> Result<()> {
         let refs: Vec<(&String, &IndexFile)> = batch.iter().map(|(n, i)| (*n, i)).collect();
         self.add_all(&refs, true)
@@ -362,8 +477,9 @@ impl IndexCache {
                     let loc = |e: &PackEntry| (e.id, encode_loc(&p.pack, e, idx.created));
                     locs.extend(p.entries.iter().map(loc));
                 }
-                // In key order: neighbouring inserts share B-tree pages.
-                locs.sort_unstable_by_key(|(id, _)| id.0);
+                // In key order: neighbouring inserts share B-tree pages. Stable, so of two
+                // copies in one file the first stays, as in a build from scratch.
+                locs.sort_by_key(|(id, _)| id.0);
                 for (id, loc) in locs {
                     // A blob stored again later (next to newer data) is read from there; of
                     // two copies equally new, the one merged first stays.
@@ -572,6 +688,74 @@ mod tests {
         reads.borrow_mut().clear();
         cache.sync(&backend, &read).unwrap();
         assert!(reads.borrow().is_empty());
+    }
+
+    /// A cache built from scratch (sorted runs, key order) holds what merging the same
+    /// files one by one holds: the same copy of every blob, the same packs and reference
+    /// counts, the same duplicated blobs.
+    #[test]
+    fn a_cache_built_from_scratch_equals_one_merged_file_by_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path().join("repo"));
+        let mut files: HashMap<String, IndexFile> = HashMap::new();
+        let mut x = 7u32;
+        for f in 0..24u8 {
+            let mut packs = Vec::new();
+            for p in 0..3u8 {
+                let blobs: Vec<u8> = (0..20)
+                    .map(|_| {
+                        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                        (x >> 16) as u8 % 90
+                    })
+                    .collect();
+                // Packs shared between files too, as two rewritten index files name one.
+                packs.push(pack((f * 3 + p) % 50, &blobs));
+            }
+            let name = format!("index/{f:02}");
+            backend.put(&name, b"x").unwrap();
+            let created = u64::from(f % 4);
+            files.insert(name, IndexFile { packs, created });
+        }
+        let read = |name: &str| -> Result<IndexFile> { Ok(files[name].clone()) };
+        let built = IndexCache::open(&dir.path().join("built")).unwrap();
+        assert!(built.sync(&backend, &read).unwrap().is_empty());
+        let merged = IndexCache::open(&dir.path().join("merged")).unwrap();
+        let mut names: Vec<&String> = files.keys().collect();
+        names.sort();
+        for n in names {
+            merged.add_all(&[(n.as_str(), &files[n])], true).unwrap();
+        }
+        let dump = |c: &IndexCache| {
+            let r = c.reader().unwrap();
+            let mut blobs = Vec::new();
+            r.for_each(|b| Ok(blobs.push(b))).unwrap();
+            let tx = c.db.begin_read().unwrap();
+            let refs: Vec<([u8; 32], u32)> = tx
+                .open_table(PACK_REFS)
+                .unwrap()
+                .iter()
+                .unwrap()
+                .map(|r| r.map(|(k, v)| (k.value(), v.value())).unwrap())
+                .collect();
+            let dupes: Vec<[u8; 32]> = tx
+                .open_table(DUPES)
+                .unwrap()
+                .iter()
+                .unwrap()
+                .map(|r| r.map(|(k, _)| k.value()).unwrap())
+                .collect();
+            (blobs, r.packs().unwrap(), refs, dupes)
+        };
+        let (a, b) = (dump(&built), dump(&merged));
+        assert_eq!(a.0.len(), 90, "every blob id occurs");
+        assert!(!a.3.is_empty(), "the test has duplicated blobs");
+        assert_eq!(a.1, b.1, "packs");
+        assert_eq!(a.2, b.2, "pack references");
+        assert_eq!(a.3, b.3, "duplicated blobs");
+        for (x, y) in a.0.iter().zip(&b.0) {
+            assert_eq!(x, y, "copy of a blob");
+        }
+        assert_eq!(a.0.len(), b.0.len());
     }
 
     /// Two proxies stored the same blob; a prune deleted the pack whose copy the cache

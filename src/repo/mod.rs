@@ -19,6 +19,7 @@ pub mod index;
 pub mod lock;
 pub mod pack;
 pub mod packer;
+mod sorted_runs;
 
 #[cfg(test)]
 mod fuzz;
