@@ -15,11 +15,11 @@
 
 use super::index::IndexFile;
 use super::pack::{BlobKind, PackEntry};
+use super::sorted_runs::{Record, SortedRuns};
 use crate::backend::Backend;
 use crate::error::{Error, IoContext, Result};
 use crate::Id;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use super::sorted_runs::{Record, SortedRuns};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -409,7 +409,9 @@ impl IndexCache {
             let mut pack_table = tx.open_table(PACKS).map_err(db_err)?;
             let mut refs = tx.open_table(PACK_REFS).map_err(db_err)?;
             for (name, named) in &files {
-                merged.insert(name.as_str(), named.as_slice()).map_err(db_err)?;
+                merged
+                    .insert(name.as_str(), named.as_slice())
+                    .map_err(db_err)?;
             }
             for (pack, (salt, n)) in &packs {
                 pack_table.insert(pack, salt).map_err(db_err)?;
@@ -728,7 +730,11 @@ mod tests {
         let dump = |c: &IndexCache| {
             let r = c.reader().unwrap();
             let mut blobs = Vec::new();
-            r.for_each(|b| Ok(blobs.push(b))).unwrap();
+            r.for_each(|b| {
+                blobs.push(b);
+                Ok(())
+            })
+            .unwrap();
             let tx = c.db.begin_read().unwrap();
             let refs: Vec<([u8; 32], u32)> = tx
                 .open_table(PACK_REFS)
