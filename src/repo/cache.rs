@@ -199,7 +199,9 @@ impl IndexCache {
             }
         };
         // New files first: a pack that a rewritten file still names keeps its count.
-        let new = listed.difference(&merged);
+        // In name order, which is the order copies of equal age are settled in.
+        let mut new: Vec<&String> = listed.difference(&merged).collect();
+        new.sort();
         let done = if merged.is_empty() {
             self.build(new, read)?
         } else {
@@ -287,13 +289,12 @@ impl IndexCache {
         Ok(other_copy)
     }
 
-    fn merge<'a>(
+    /// Merges index files (in the order given) into a cache that holds others already.
+    fn merge(
         &self,
-        names: impl Iterator<Item = &'a String>,
+        names: Vec<&String>,
         read: &dyn Fn(&str) -> Result<IndexFile>,
     ) -> Result<Option<Vec<(String, Error)>>> {
-        let mut names: Vec<&String> = names.collect();
-        names.sort();
         let mut skipped = Vec::new();
         let mut vanished = false;
         // Many files per transaction: redb cannot reuse the pages a non-durable commit
@@ -326,13 +327,11 @@ impl IndexCache {
     /// so each page of the B-tree is written about once; merging in batches rewrites most
     /// pages every batch. The files and packs are recorded last, in one transaction: a
     /// build that stops half-way leaves blobs without files, which the next one clears.
-    fn build<'a>(
+    fn build(
         &self,
-        names: impl Iterator<Item = &'a String>,
+        names: Vec<&String>,
         read: &dyn Fn(&str) -> Result<IndexFile>,
     ) -> Result<Option<Vec<(String, Error)>>> {
-        let mut names: Vec<&String> = names.collect();
-        names.sort();
         self.reset()?;
         let mut runs = SortedRuns::new(&self.dir, RUN_ENTRIES);
         let mut seq = 0u64;
