@@ -202,18 +202,19 @@ impl Backend for LocalBackend {
             if name.starts_with('.') {
                 continue;
             }
-            let ft = entry
-                .file_type()
-                .ctx(|| format!("listing {}", base.display()))?;
-            if ft.is_dir() && name.len() == 2 {
+            // Other processes remove locks (and prune removes packs) while we list: an entry
+            // gone between the directory read and its stat was simply removed first.
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("listing {}", base.display()), e)),
+            };
+            if meta.is_dir() && name.len() == 2 {
                 for sub in self.list(&format!("{dir}/{name}"))? {
                     out.push(sub);
                 }
-            } else if ft.is_file() {
-                let size = entry
-                    .metadata()
-                    .ctx(|| format!("listing {}", base.display()))?
-                    .len();
+            } else if meta.is_file() {
+                let size = meta.len();
                 out.push(Listed {
                     name: format!("{dir}/{name}"),
                     size,
@@ -278,5 +279,36 @@ mod tests {
         b.delete("data/ab/abcd").unwrap();
         assert_eq!(b.size("data/ab/abcd").unwrap(), None);
         assert!(b.list("nothing").unwrap().is_empty());
+    }
+
+    /// Locks come and go while other hosts list them: a file removed between the directory
+    /// read and its stat is simply not in the listing, never an error (the fleet test once
+    /// failed a backup with "listing …/locks: No such file or directory").
+    #[test]
+    fn files_removed_during_a_listing_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.put("locks/keep", b"1").unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // 32 files alive at any time, one created and one removed per step.
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    b.put(&format!("locks/l{}", i % 64), b"x").unwrap();
+                    b.delete(&format!("locks/l{}", (i + 32) % 64)).unwrap();
+                    i += 1;
+                }
+            });
+            for _ in 0..20_000 {
+                let listed = b.list("locks");
+                if listed.is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                let listed = listed.unwrap();
+                assert!(listed.iter().any(|l| l.name == "locks/keep"));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
     }
 }
