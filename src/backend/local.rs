@@ -290,7 +290,9 @@ mod tests {
         let b = LocalBackend::new(dir.path());
         b.put("locks/keep", b"1").unwrap();
         let stop = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|s| {
+        // The first bad listing, checked after the churning thread has stopped, so a failure
+        // fails the test instead of leaving that thread spinning.
+        let bad = std::thread::scope(|s| {
             s.spawn(|| {
                 // 32 files alive at any time, one created and one removed per step.
                 let mut i = 0u64;
@@ -300,15 +302,13 @@ mod tests {
                     i += 1;
                 }
             });
-            for _ in 0..20_000 {
-                let listed = b.list("locks");
-                if listed.is_err() {
-                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                let listed = listed.unwrap();
-                assert!(listed.iter().any(|l| l.name == "locks/keep"));
-            }
+            let bad = (0..20_000).map(|_| b.list("locks")).find(|l| {
+                !l.as_ref()
+                    .is_ok_and(|l| l.iter().any(|l| l.name == "locks/keep"))
+            });
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            bad
         });
+        assert!(bad.is_none(), "a listing during the churn: {bad:?}");
     }
 }
