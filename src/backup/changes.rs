@@ -178,6 +178,34 @@ pub fn normalize(mut v: Vec<Range<u64>>, size: u64) -> Result<Vec<Range<u64>>> {
     Ok(out)
 }
 
+/// At most this many bytes of a change map are hinted to the kernel before the backup
+/// reads them: about what a NAS delivers while the repository's key is derived, and little
+/// enough that the pages are still cached when the re-chunking gets to them.
+const HINT_BYTES: u64 = 128 << 20;
+
+/// Asks the kernel to start reading the first changed ranges of disk `src`, if a change
+/// map file is given for it. Only a hint: a map that cannot be read is reported by
+/// [`plan`], and an image format that cannot map guest ranges to its file ignores it.
+pub fn hint(opts: &ChangeOptions, src: &crate::vm::Item) {
+    let Some(MapSource::Extents(f)) = opts.for_disk(&src.name.to_string()) else {
+        return;
+    };
+    let Ok(map) = read_extents_file(f, src.image.size()) else {
+        return;
+    };
+    let mut left = HINT_BYTES;
+    let mut first = Vec::new();
+    for r in &map.ranges {
+        if left == 0 {
+            break;
+        }
+        let len = (r.end - r.start).min(left);
+        first.push(r.start..r.start + len);
+        left -= len;
+    }
+    src.image.will_need(&first);
+}
+
 fn read_extents_file(path: &Path, size: u64) -> Result<ChangeMap> {
     let text = std::fs::read(path)
         .map_err(|e| Error::io(format!("reading change map {}", path.display()), e))?;

@@ -117,8 +117,14 @@ pub struct BackupReport {
 }
 
 /// Backs up one VM's disks (and, for a VM folder, its config files) into one snapshot.
+///
+/// `open` opens the repository. It runs on a thread of its own while the sources are
+/// opened and the start of what a change map says to read is asked of the kernel: the
+/// key derivation (argon2id, a fifth of a second on purpose) is then no longer spent
+/// waiting in line before the source's first byte arrives, which on a night of few
+/// changes is a good part of the whole backup (BENCHMARKS.md G6).
 pub fn run(
-    repo: &Arc<Repository>,
+    open: &(dyn Fn() -> Result<Repository> + Sync),
     paths: &[PathBuf],
     opts: &BackupOptions,
 ) -> Result<BackupReport> {
@@ -126,7 +132,24 @@ pub fn run(
     if opts.vm.trim().is_empty() {
         return Err(Error::Usage("--vm needs a VM name".into()));
     }
-    let inv = crate::vm::inventory(paths, &opts.sources)?;
+    let (repo, inv) = std::thread::scope(|s| {
+        let opening = s.spawn(open);
+        let inv = crate::vm::inventory(paths, &opts.sources);
+        if let Ok(inv) = &inv {
+            for d in &inv.disks {
+                changes::hint(&opts.changes, d);
+            }
+        }
+        (opening.join(), inv)
+    });
+    // The repository's error first: its exit code (no repository, wrong password) is what
+    // a script acts on.
+    let repo = &Arc::new(repo.unwrap_or_else(|_| {
+        Err(Error::Other(
+            "opening the repository stopped unexpectedly".into(),
+        ))
+    })?);
+    let inv = inv?;
     let n_disks = inv.disks.len();
     let skipped = inv.skipped;
     let mut warnings = inv.warnings;
@@ -211,6 +234,8 @@ pub fn run(
     // parent's still describes them.
     let mut catalog = None;
     let mut catalog_report = None;
+    // The views the walk reads the parent through, to report what they fetched.
+    let mut catalog_views = Vec::new();
     let walking = if opts.catalog && to_read.iter().any(|&i| i < n_disks) {
         let t = Instant::now();
         // A disk read through a change map is walked through the same map: the parent's
@@ -220,14 +245,18 @@ pub fn run(
             .enumerate()
             .map(|(i, s)| {
                 let dev: Arc<dyn BlockRead> = match incremental.iter().find(|x| x.0 == i) {
-                    Some((_, map, pd)) => Arc::new(crate::blockdev::Overlay::new(
-                        Arc::new(crate::snapshot::view::DiskView::new(
+                    Some((_, map, pd)) => {
+                        let view = Arc::new(crate::snapshot::view::DiskView::new(
                             store.clone(),
                             pd.clone(),
-                        )),
-                        s.image.clone(),
-                        map.ranges.clone(),
-                    )),
+                        ));
+                        catalog_views.push(view.clone());
+                        Arc::new(crate::blockdev::Overlay::new(
+                            view,
+                            s.image.clone(),
+                            map.ranges.clone(),
+                        ))
+                    }
                     None => s.image.clone(),
                 };
                 (s.name.to_string(), dev)
@@ -268,7 +297,6 @@ pub fn run(
     )> = Vec::new();
     for (i, map, pd) in &incremental {
         let view = crate::snapshot::view::DiskView::new(store.clone(), pd.clone());
-        let fetched = store.fetched.load(std::sync::atomic::Ordering::Relaxed);
         let (tables, st) = rechunk::disk(
             &session.shared,
             &mut session.w,
@@ -291,7 +319,7 @@ pub fn run(
             changed: map.bytes(),
             bytes_read: st.read,
             bytes_skipped: st.skipped,
-            bytes_from_parent: store.fetched.load(std::sync::atomic::Ordering::Relaxed) - fetched,
+            bytes_from_parent: view.fetched(),
         };
         inc_tables.push((*i, tables, cb, record));
     }
@@ -311,6 +339,7 @@ pub fn run(
                     entries: c.volumes.iter().map(|v| v.entries.len()).sum(),
                     bytes: bytes.len() as u64,
                     secs,
+                    bytes_from_parent: catalog_views.iter().map(|v| v.fetched()).sum(),
                     errors: c.volumes.iter().filter_map(|v| v.error.clone()).collect(),
                 });
                 sources.push(Item {
@@ -520,6 +549,10 @@ pub struct CatalogReport {
     pub bytes: u64,
     /// Time spent walking the filesystems.
     pub secs: f64,
+    /// Stored bytes of the parent's chunks the walk fetched from the repository: a disk
+    /// read through a change map is walked through the parent where it did not change.
+    /// A chunk is counted once, by whichever of the walk and the re-chunking fetched it.
+    pub bytes_from_parent: u64,
     /// Volumes whose walk stopped early, and why.
     pub errors: Vec<String>,
 }

@@ -104,7 +104,6 @@ fn parse_time(s: &str) -> std::result::Result<String, String> {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
-    let repo = std::sync::Arc::new(cli.open()?);
     let opts = BackupOptions {
         vm: a.vm.clone(),
         host: a.host.clone().unwrap_or_else(crate::repo::hostname),
@@ -125,7 +124,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<i32> {
         rewrite_budget: a.rewrite_budget,
         quiet: cli.quiet,
     };
-    let r = backup::run(&repo, &a.disks, &opts)?;
+    let r = backup::run(&|| cli.open(), &a.disks, &opts)?;
     for w in &r.warnings {
         eprintln!("cairn: warning: {w}");
     }

@@ -59,6 +59,10 @@ pub trait DiskImage: BlockRead {
     /// Every host file the guest view is read from: extents, parents, backing files. A VM
     /// folder backup uses it to tell a disk from the pieces of another disk.
     fn files(&self) -> Vec<PathBuf>;
+    /// A hint that the guest ranges `ranges` will be read soon: an image whose guest bytes
+    /// lie at the same offsets of one file (raw) has the kernel start reading them. The
+    /// default does nothing.
+    fn will_need(&self, _ranges: &[Range<u64>]) {}
     /// The layers of a chain, top first: each layer's files and their combined stamp. A
     /// single file is one layer.
     fn layers(&self) -> Vec<Layer> {

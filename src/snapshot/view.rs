@@ -65,8 +65,8 @@ impl Store {
     }
 
     /// The chunks `ids` (in read order), from the cache or fetched, neighbours in a pack
-    /// together.
-    fn chunks(&self, ids: &[Id]) -> Result<HashMap<Id, Arc<Vec<u8>>>> {
+    /// together. Stored bytes fetched are added to `fetched` too.
+    fn chunks(&self, ids: &[Id], fetched: &AtomicU64) -> Result<HashMap<Id, Arc<Vec<u8>>>> {
         let mut out = HashMap::new();
         let mut missing: Vec<Id> = Vec::new();
         {
@@ -115,6 +115,7 @@ impl Store {
                 .get_range(&pack_name(&first.pack), start, len)?;
             self.requests.fetch_add(1, Ordering::Relaxed);
             self.fetched.fetch_add(len as u64, Ordering::Relaxed);
+            fetched.fetch_add(len as u64, Ordering::Relaxed);
             let sealer = self.sealer(&reader, &first.pack)?;
             // Opened (decrypted, decompressed, verified) before the cache is locked, so
             // threads reading through one store decode side by side.
@@ -159,6 +160,8 @@ pub struct DiskView {
     store: Arc<Store>,
     disk: Disk,
     tables: Mutex<Lru<usize, Arc<Located>>>,
+    /// Stored bytes this view's reads fetched (the store counts all views').
+    fetched: AtomicU64,
 }
 
 impl DiskView {
@@ -167,11 +170,18 @@ impl DiskView {
             store,
             disk,
             tables: Mutex::new(Lru::new(TABLES_KEPT as u64)),
+            fetched: AtomicU64::new(0),
         }
     }
 
     pub fn disk(&self) -> &Disk {
         &self.disk
+    }
+
+    /// Stored bytes of chunks this view fetched from the repository; a chunk another view
+    /// of the same store fetched first is not counted.
+    pub fn fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
     }
 
     /// The table of span `slot`, or None for a span that is all hole.
@@ -257,7 +267,7 @@ impl BlockRead for DiskView {
         let end = offset + buf.len() as u64;
         let pieces = self.pieces(offset..end)?;
         let ids: Vec<Id> = pieces.iter().filter_map(|p| p.2).collect();
-        let chunks = self.store.chunks(&ids)?;
+        let chunks = self.store.chunks(&ids, &self.fetched)?;
         for (start, len, id) in pieces {
             let s = start.max(offset);
             let e = (start + len).min(end);
