@@ -902,6 +902,8 @@ fn find_finds_each_version() {
             &["--time", &format!("2026-11-2{}T04:00:00+00:00", night + 1)],
         );
         assert!(r["catalog"]["entries"].as_u64().unwrap() > 40, "{r}");
+        // Read whole, the disk is walked from the source.
+        assert_eq!(r["catalog"]["bytes_from_parent"], 0, "{r}");
     }
     // A changed-block night (the map names bytes that did not really change): the catalog
     // is walked through the map, beside the re-chunking.
@@ -924,6 +926,12 @@ fn find_finds_each_version() {
     );
     assert_eq!(r["items"][0]["changed_blocks"]["map"], "extents", "{r}");
     assert!(r["catalog"]["entries"].as_u64().unwrap() > 40, "{r}");
+    // Through the map, the walk's metadata comes from the parent's chunks, and is counted
+    // as the catalog's, not as the re-chunking's.
+    assert!(
+        r["catalog"]["bytes_from_parent"].as_u64().unwrap() > 0,
+        "{r}"
+    );
     sizes.push(120);
     let v: serde_json::Value =
         serde_json::from_str(&env.ok(&["find", "--json", "--vm", "web01", "--name", "nginx.conf"]))

@@ -138,4 +138,51 @@ mod tests {
         let mut buf = vec![0u8; 10];
         assert!(img.read_at((64 << 20) - 5, &mut buf).is_err());
     }
+
+    /// Pages of `f` in `range` that are in the page cache (mincore over a mapping).
+    fn resident(f: &File, range: Range<u64>) -> usize {
+        let page = 4096u64;
+        let len = (range.end - range.start) as usize;
+        let m = crate::mapping::Mapping::new(f, range.start, len, String::new()).unwrap();
+        let mut v = vec![0u8; len.div_ceil(page as usize)];
+        // SAFETY: the mapping covers `len` bytes and `v` has one byte per page of it.
+        let rc =
+            unsafe { libc::mincore(m.bytes().as_ptr() as *mut libc::c_void, len, v.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        v.iter().filter(|b| *b & 1 == 1).count()
+    }
+
+    #[test]
+    fn will_need_starts_reading_the_ranges() {
+        // On disk (not tmpfs, whose pages cannot be dropped): beside the build if it can.
+        let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        let dir = tempfile::tempdir_in(&target)
+            .or_else(|_| tempfile::tempdir())
+            .unwrap();
+        let p = dir.path().join("d.img");
+        let mut f = File::create(&p).unwrap();
+        f.write_all(&vec![7u8; 8 << 20]).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: a hint on a descriptor this test owns.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let img = RawImage::open(&p).unwrap();
+        let want = 1u64 << 20..3 << 20;
+        if resident(img.host.file(), want.clone()) > 0 {
+            eprintln!("SKIPPED: this filesystem keeps the test file's pages cached; cannot tell");
+            return;
+        }
+        img.will_need(std::slice::from_ref(&want));
+        let pages = ((want.end - want.start) / 4096) as usize;
+        let t = std::time::Instant::now();
+        while resident(img.host.file(), want.clone()) < pages {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "the hinted range was not read: {} of {pages} pages cached",
+                resident(img.host.file(), want.clone())
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Only what was asked for.
+        assert_eq!(resident(img.host.file(), 6 << 20..8 << 20), 0);
+    }
 }
