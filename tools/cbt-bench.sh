@@ -713,6 +713,7 @@ for s, c, summ in cases:
         f"(i) report: bytes_read {read:,}, changed {changed:,}, skipped {cb[-1]['bytes_skipped']:,}, "
         f"bytes_from_parent {cb[-1]['bytes_from_parent']:,}, bytes_new {ji[-1]['bytes_new']:,}, "
         f"bytes_rewritten {ji[-1]['bytes_rewritten']:,}, catalog walk {cat.get('secs', 0):.2f} s "
+        f"fetching {cat.get('bytes_from_parent', 0):,} bytes of the parent's chunks "
         f"({len(cat.get('errors', []))} volume errors); (ii) bytes_rewritten {jf[-1]['bytes_rewritten']:,}. "
         f"strace of (i): {int(st_i) / MiB if st_i.isdigit() else float('nan'):.1f} MiB read from the image file, "
         f"{int(st_r) / MiB if st_r.isdigit() else float('nan'):.1f} MiB from the repository's files. "
@@ -748,7 +749,7 @@ EOF
     echo
     echo "- cairn: tree $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [[ -z $(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] || echo ' + uncommitted changes in src'), binary $CAIRN_BIN_ORIG built $(date -u -r "$CAIRN_BIN_ORIG" +%H:%M:%SZ), run from a copy; $(qemu-io --version | head -n1)."
     echo "- (i) = \`backup --changed-extents map.json\`, (ii) = \`backup --force-read\` of the same changed image, each in its own hard-linked copy of the repository after the first backup; medians of $RUNS runs. $(if [[ -n $CG ]]; then echo "Source throttled: each timed step reads $SRC_DEV at most $SOURCE_MBPS MB/s (cgroup-v1 blkio), the page cache dropped before it and only the repository, its index cache and the binary read back"; else echo "Warm page cache"; fi). MiB = 2^20 bytes."
-    echo "- 'read from source' = the report's \`items[].changed_blocks.bytes_read\` (the top-level \`bytes_read\` is the same); 'fetched from repo' = \`bytes_from_parent\` (stored, compressed bytes of the parent's chunks around the changes)."
+    echo "- 'read from source' = the report's \`items[].changed_blocks.bytes_read\` (the top-level \`bytes_read\` is the same); 'fetched from repo' = \`bytes_from_parent\` (stored, compressed bytes of the parent's chunks around the changes; what the catalog walk fetched is in the details below)."
     echo
     cat "$WORKDIR/tables.md"
     echo
