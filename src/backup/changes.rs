@@ -76,8 +76,10 @@ pub enum Plan<'a> {
 }
 
 /// Decides how to read disk `src_name` (its image `img`) given the parent snapshot.
+/// `loaded` is what [`load`] made of the disk's change map file, if one is given.
 pub fn plan<'a>(
     opts: &ChangeOptions,
+    loaded: Option<Result<ChangeMap>>,
     parent: Option<&'a (Id, Snapshot)>,
     src_name: &crate::snapshot::Name,
     src_path: &Path,
@@ -104,7 +106,7 @@ pub fn plan<'a>(
             )));
         }
         let m = match src {
-            MapSource::Extents(f) => read_extents_file(f, size),
+            MapSource::Extents(f) => loaded.unwrap_or_else(|| read_extents_file(f, size)),
             MapSource::Bitmap(name) => {
                 crate::image::qcow2_bitmap::read(src_path, name).and_then(|b| {
                     Ok(ChangeMap {
@@ -182,28 +184,39 @@ pub fn normalize(mut v: Vec<Range<u64>>, size: u64) -> Result<Vec<Range<u64>>> {
 /// reads them: about what a NAS delivers while the repository's key is derived, and little
 /// enough that the pages are still cached when the re-chunking gets to them.
 const HINT_BYTES: u64 = 128 << 20;
+/// And at most this many ranges: a map of a million scattered blocks costs a few system
+/// calls per hinted range, which must stay small beside the key derivation.
+const HINT_RANGES: usize = 1 << 16;
 
-/// Asks the kernel to start reading the first changed ranges of disk `src`, if a change
-/// map file is given for it. Only a hint: a map that cannot be read is reported by
-/// [`plan`], and an image format that cannot map guest ranges to its file ignores it.
-pub fn hint(opts: &ChangeOptions, src: &crate::vm::Item) {
-    let Some(MapSource::Extents(f)) = opts.for_disk(&src.name.to_string()) else {
-        return;
-    };
-    let Ok(map) = read_extents_file(f, src.image.size()) else {
-        return;
-    };
-    let mut left = HINT_BYTES;
-    let mut first = Vec::new();
-    for r in &map.ranges {
+/// The change map file given for disk `src`, read and checked against its size (None: no
+/// map file for this disk). Read while the repository opens, so [`hint`] can use it.
+pub fn load(opts: &ChangeOptions, src: &crate::vm::Item) -> Option<Result<ChangeMap>> {
+    match opts.for_disk(&src.name.to_string())? {
+        MapSource::Extents(f) => Some(read_extents_file(f, src.image.size())),
+        MapSource::Bitmap(_) => None,
+    }
+}
+
+/// Asks the kernel to start reading the first ranges of `map` from disk `src`. Only a
+/// hint: an image format that cannot map guest ranges to its file ignores it.
+pub fn hint(map: &ChangeMap, src: &crate::vm::Item) {
+    src.image
+        .will_need(&first_ranges(&map.ranges, HINT_BYTES, HINT_RANGES));
+}
+
+/// The first `max_bytes` of `ranges`, in at most `max_ranges` ranges.
+fn first_ranges(ranges: &[Range<u64>], max_bytes: u64, max_ranges: usize) -> Vec<Range<u64>> {
+    let mut left = max_bytes;
+    let mut out = Vec::new();
+    for r in ranges.iter().take(max_ranges) {
         if left == 0 {
             break;
         }
         let len = (r.end - r.start).min(left);
-        first.push(r.start..r.start + len);
+        out.push(r.start..r.start + len);
         left -= len;
     }
-    src.image.will_need(&first);
+    out
 }
 
 fn read_extents_file(path: &Path, size: u64) -> Result<ChangeMap> {
@@ -270,6 +283,20 @@ pub fn parse_extents(
 #[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hint_is_bounded_in_bytes_and_ranges() {
+        let r = vec![0..100, 200..300, 400..500];
+        assert_eq!(first_ranges(&r, 150, 10), vec![0..100, 200..250]);
+        assert_eq!(first_ranges(&r, 1000, 2), vec![0..100, 200..300]);
+        assert_eq!(first_ranges(&r, 100, 10), vec![0..100]);
+        // A hostile map of a million one-byte ranges is hinted in HINT_RANGES of them.
+        let many: Vec<Range<u64>> = (0..1_000_000u64).map(|i| 2 * i..2 * i + 1).collect();
+        assert_eq!(
+            first_ranges(&many, HINT_BYTES, HINT_RANGES).len(),
+            HINT_RANGES
+        );
+    }
 
     #[test]
     fn the_three_json_shapes() {

@@ -120,7 +120,7 @@ pub struct BackupReport {
 ///
 /// `open` opens the repository. It runs on a thread of its own while the sources are
 /// opened and the start of what a change map says to read is asked of the kernel: the
-/// key derivation (argon2id, a fifth of a second on purpose) is then no longer spent
+/// key derivation (argon2id, slow on purpose: 0.14 s on the benchmark machine) is then no longer spent
 /// waiting in line before the source's first byte arrives, which on a night of few
 /// changes is a good part of the whole backup (BENCHMARKS.md G6).
 pub fn run(
@@ -132,15 +132,22 @@ pub fn run(
     if opts.vm.trim().is_empty() {
         return Err(Error::Usage("--vm needs a VM name".into()));
     }
-    let (repo, inv) = std::thread::scope(|s| {
+    let (repo, inv, mut maps) = std::thread::scope(|s| {
         let opening = s.spawn(open);
         let inv = crate::vm::inventory(paths, &opts.sources);
-        if let Ok(inv) = &inv {
-            for d in &inv.disks {
-                changes::hint(&opts.changes, d);
-            }
-        }
-        (opening.join(), inv)
+        let maps: Vec<_> = inv.as_ref().map_or(Vec::new(), |inv| {
+            inv.disks
+                .iter()
+                .map(|d| {
+                    let m = changes::load(&opts.changes, d);
+                    if let Some(Ok(m)) = &m {
+                        changes::hint(m, d);
+                    }
+                    m
+                })
+                .collect()
+        });
+        (opening.join(), inv, maps)
     });
     // The repository's error first: its exit code (no repository, wrong password) is what
     // a script acts on.
@@ -200,6 +207,7 @@ pub fn run(
         }
         match changes::plan(
             &opts.changes,
+            maps.get_mut(i).and_then(Option::take),
             parent.as_ref(),
             &src.name,
             &src.path,
