@@ -38,6 +38,13 @@ pub(crate) fn crash_point(name: &str) {
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
 }
+/// A mutex's guard, also after a thread panicked while holding it: the data behind cairn's
+/// mutexes are caches and collected results, which stay usable (and a panic is reported
+/// where it happened).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 #[global_allocator]
 static ALLOC: testalloc::Tracking = testalloc::Tracking;

@@ -18,7 +18,7 @@ use super::Browser;
 use crate::blockdev::BlockRead;
 use crate::fs::volume::{self, Content};
 use crate::fs::{FileType, Filesystem, Ino};
-use crate::{Error, Result};
+use crate::{lock, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -144,15 +144,9 @@ fn walk(fs: &dyn Filesystem, out: &mut Vec<Entry>) -> Result<()> {
         error: Mutex::new(None),
     };
     rayon::scope(|s| visit(s, &w, fs.root(), Vec::new(), 0));
-    out.append(&mut w.out.into_inner().unwrap_or_else(|e| e.into_inner()));
-    match w.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    out.append(&mut lock(&w.out));
+    let error = lock(&w.error).take();
+    error.map_or(Ok(()), Err)
 }
 
 fn visit<'s>(s: &rayon::Scope<'s>, w: &'s Walk<'s>, dir: Ino, prefix: Vec<u8>, depth: usize) {

@@ -39,10 +39,6 @@ pub struct Mount {
     next_fh: AtomicU64,
 }
 
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn system_time(t: Time) -> SystemTime {
     let nsec = Duration::from_nanos(u64::from(t.nsec.min(999_999_999)));
     let at = if t.sec >= 0 {
@@ -204,7 +200,7 @@ impl fuser::Filesystem for Mount {
             return reply.error(Errno::EISDIR);
         }
         let fh = self.fh();
-        locked(&self.files).insert(fh, meta.size);
+        crate::lock(&self.files).insert(fh, meta.size);
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
@@ -223,7 +219,7 @@ impl fuser::Filesystem for Mount {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        let known = locked(&self.files).get(&fh.0).copied();
+        let known = crate::lock(&self.files).get(&fh.0).copied();
         let len = match known {
             Some(l) => l,
             None => match self.tree.stat(&node) {
@@ -247,7 +243,7 @@ impl fuser::Filesystem for Mount {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        locked(&self.files).remove(&fh.0);
+        crate::lock(&self.files).remove(&fh.0);
         reply.ok();
     }
 
@@ -255,7 +251,7 @@ impl fuser::Filesystem for Mount {
         match self.listing(ino.0) {
             Ok(l) => {
                 let fh = self.fh();
-                locked(&self.dirs).insert(fh, l);
+                crate::lock(&self.dirs).insert(fh, l);
                 reply.opened(
                     FileHandle(fh),
                     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
@@ -273,7 +269,7 @@ impl fuser::Filesystem for Mount {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let open = locked(&self.dirs).get(&fh.0).cloned();
+        let open = crate::lock(&self.dirs).get(&fh.0).cloned();
         let list = match open {
             Some(l) => l,
             None => match self.listing(ino.0) {
@@ -304,7 +300,7 @@ impl fuser::Filesystem for Mount {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        locked(&self.dirs).remove(&fh.0);
+        crate::lock(&self.dirs).remove(&fh.0);
         reply.ok();
     }
 

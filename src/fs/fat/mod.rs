@@ -46,12 +46,12 @@ pub use bpb::FatType;
 
 use crate::blockdev::BlockRead;
 use crate::fs::{read_vec, Dev, DirEntry, FileType, Filesystem, Ino, Mapping, Meta, Time};
-use crate::{Error, Result};
+use crate::{lock, Error, Result};
 use bpb::Geometry;
 use dir::{Info, Listing};
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use table::{Run, Table, Want};
 
 /// The root directory's inode number (no entry lies at byte 1 of a volume).
@@ -100,10 +100,6 @@ pub struct Fat {
 enum Node {
     Root,
     Entry(Info),
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Fat {
