@@ -135,7 +135,7 @@ struct Walk<'a> {
 /// night of few changes that walk was the longest part of the backup, one core busy while
 /// the other waited (BENCHMARKS.md G6). The entries are sorted afterwards, so the order in
 /// which directories finish does not show.
-fn walk(fs: &dyn Filesystem, out: &mut Vec<Entry>) -> Result<()> {
+pub(crate) fn walk(fs: &dyn Filesystem, out: &mut Vec<Entry>) -> Result<()> {
     let w = Walk {
         fs,
         seen: Mutex::new(HashSet::new()),

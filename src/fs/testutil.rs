@@ -233,8 +233,8 @@ pub fn fuzz_cases(default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Opens and walks mutated versions of `image` with `open`: every case must end in Ok or an
-/// error, within 20 s and without any single allocation above 256 MiB. Mutations land
+/// Opens and walks mutated versions of `image` with `open` (a bounded walk, then the
+/// catalog's): every case must end in Ok or an error, within 20 s and without any single allocation above 256 MiB. Mutations land
 /// mostly in `hot` (the metadata: superblocks, tables, the first blocks), some anywhere.
 /// Panics, hangs and huge allocations fail the test, naming the case and seed.
 pub fn mutate<F>(
@@ -291,6 +291,9 @@ where
                 match open(dev) {
                     Ok(fs) => {
                         let _ = bounded_walk(fs.as_ref());
+                        // The catalog's walk too: its tasks run on rayon's pool, so a
+                        // loop or a panic there must end here as well.
+                        let _ = crate::files::catalog::walk(fs.as_ref(), &mut Vec::new());
                         true
                     }
                     Err(_) => false,
