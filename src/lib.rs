@@ -38,6 +38,7 @@ pub(crate) fn crash_point(name: &str) {
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
 }
+
 /// A mutex's guard, also after a thread panicked while holding it: the data behind cairn's
 /// mutexes are caches and collected results, which stay usable (and a panic is reported
 /// where it happened).

@@ -120,9 +120,9 @@ pub struct BackupReport {
 ///
 /// `open` opens the repository. It runs on a thread of its own while the sources are
 /// opened and the start of what a change map says to read is asked of the kernel: the
-/// key derivation (argon2id, slow on purpose: 0.14 s on the benchmark machine) is then no longer spent
-/// waiting in line before the source's first byte arrives, which on a night of few
-/// changes is a good part of the whole backup (BENCHMARKS.md G6).
+/// key derivation (argon2id, slow on purpose: 0.14 s on the benchmark machine) is then no
+/// longer spent waiting in line before the source's first byte arrives, which on a night
+/// of few changes is a good part of the whole backup (BENCHMARKS.md G6).
 pub fn run(
     open: &(dyn Fn() -> Result<Repository> + Sync),
     paths: &[PathBuf],

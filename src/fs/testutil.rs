@@ -234,8 +234,9 @@ pub fn fuzz_cases(default: usize) -> usize {
 }
 
 /// Opens and walks mutated versions of `image` with `open` (a bounded walk, then the
-/// catalog's): every case must end in Ok or an error, within 20 s and without any single allocation above 256 MiB. Mutations land
-/// mostly in `hot` (the metadata: superblocks, tables, the first blocks), some anywhere.
+/// catalog's): every case must end in Ok or an error, within 20 s and without any single
+/// allocation above 256 MiB. Mutations land mostly in `hot` (the metadata: superblocks,
+/// tables, the first blocks), some anywhere.
 /// Panics, hangs and huge allocations fail the test, naming the case and seed.
 pub fn mutate<F>(
     image: Vec<u8>,
