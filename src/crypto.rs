@@ -145,20 +145,28 @@ impl Sealer {
 
     /// Seals the concatenation of `parts` without first copying them together.
     pub fn seal_parts(&self, parts: &[&[u8]], aad: &[u8]) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        self.seal_parts_into(&mut out, parts, aad);
+        out.into()
+    }
+
+    /// Appends the sealed concatenation of `parts` to `out`, growing it only if its spare
+    /// room is too small.
+    pub fn seal_parts_into(&self, out: &mut bytes::BytesMut, parts: &[&[u8]], aad: &[u8]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut out = Vec::with_capacity(len + self.overhead());
+        out.reserve(len + self.overhead());
         let Some(c) = &self.0 else {
             parts.iter().for_each(|p| out.extend_from_slice(p));
-            return out;
+            return;
         };
         let nonce: [u8; NONCE_LEN] = random_bytes();
         out.extend_from_slice(&nonce);
+        let start = out.len();
         parts.iter().for_each(|p| out.extend_from_slice(p));
         let tag = c
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut out[NONCE_LEN..])
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut out[start..])
             .expect("AES-GCM encryption of a message under 64 GiB cannot fail");
         out.extend_from_slice(&tag);
-        out
     }
 
     /// Opens a sealed message; `what` names the object in the error.

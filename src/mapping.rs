@@ -71,10 +71,30 @@ impl Mapping {
         let page = page_size();
         let start = (self.skip + r.start.min(self.len)) / page * page;
         let end = self.skip + r.end.min(self.len);
-        if start < end {
+        self.advise(start..end, libc::MADV_POPULATE_READ);
+    }
+
+    /// Drops from this process's memory the pages from the one holding `r.start` up to
+    /// the last one that ends inside `r`: a caller done with every byte before `r.end`
+    /// releases the pages as it goes. The backup's peak memory then holds about one
+    /// segment per worker, not a segment plus its sealed blobs (BENCHMARKS.md J). The bytes
+    /// stay readable: a later read faults them in again from the file (on a read-only
+    /// shared map of a file that nothing writes, they are the same bytes). Only a hint,
+    /// like `populate`.
+    pub fn release(&self, r: std::ops::Range<usize>) {
+        let page = page_size();
+        let start = (self.skip + r.start.min(self.len)) / page * page;
+        let end = (self.skip + r.end.min(self.len)) / page * page;
+        self.advise(start..end, libc::MADV_DONTNEED);
+    }
+
+    /// madvise(2) over `r`, offsets from the map's page-aligned base.
+    fn advise(&self, r: std::ops::Range<usize>, advice: libc::c_int) {
+        if r.start < r.end && r.end <= self.map_len {
+            // Inside the map, which lives as long as `self`.
             unsafe {
-                let at = (self.base as *mut u8).add(start) as *mut libc::c_void;
-                libc::madvise(at, end - start, libc::MADV_POPULATE_READ);
+                let at = (self.base as *mut u8).add(r.start) as *mut libc::c_void;
+                libc::madvise(at, r.end - r.start, advice);
             }
         }
     }
@@ -191,6 +211,10 @@ mod tests {
             let m = Mapping::new(&f, off as u64, len, "test".into()).unwrap();
             m.populate(0..len);
             m.populate(len / 2..len + 100);
+            assert_eq!(m.bytes(), &data[off..off + len]);
+            // Released pages read back the same bytes, faulted in again from the file.
+            m.release(0..len / 2);
+            m.release(len / 3..len + 100);
             assert_eq!(m.bytes(), &data[off..off + len]);
         }
         assert!(Mapping::new(&f, 0, 0, "empty".into()).is_none());

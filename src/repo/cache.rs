@@ -39,7 +39,7 @@ const COMPLETE: TableDefinition<[u8; 32], ()> = TableDefinition::new("complete_t
 const DUPES: TableDefinition<[u8; 32], ()> = TableDefinition::new("duplicated_blobs");
 
 /// Page cache cap: what keeps the cache's memory bounded.
-const CACHE_BYTES: usize = 64 << 20;
+const CACHE_BYTES: usize = 16 << 20;
 /// Index entries merged per cache transaction at most (its dirty pages stay in memory
 /// until it commits).
 const MERGE_BATCH: usize = 1 << 20;

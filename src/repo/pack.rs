@@ -8,6 +8,7 @@
 use super::envelope::{self, FileHeader, FileKind, HEADER_LEN};
 use crate::crypto::{Keys, Sealer};
 use crate::{Error, Id, Result};
+use bytes::{Bytes, BytesMut};
 
 /// What a blob holds. Stored in pack headers and index entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,12 +68,13 @@ impl PackEntry {
     }
 }
 
-/// A compressed and sealed blob, ready to be appended to a pack.
+/// A compressed and sealed blob, ready to be appended to a pack. Its bytes may share one
+/// allocation with other blobs ([`seal_blob_into`]).
 pub struct SealedBlob {
     pub kind: BlobKind,
     pub id: Id,
     pub raw_len: u32,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
 }
 
 fn blob_aad(kind: BlobKind, id: &Id) -> [u8; 33] {
@@ -85,14 +87,35 @@ fn blob_aad(kind: BlobKind, id: &Id) -> [u8; 33] {
 /// Compresses (when it helps) and seals one blob. The id is bound as associated data, so
 /// a blob cannot be swapped for another without detection even before re-hashing.
 pub fn seal_blob(sealer: &Sealer, kind: BlobKind, id: Id, plain: &[u8], level: i32) -> SealedBlob {
+    seal_blob_into(&mut BytesMut::new(), sealer, kind, id, plain, level)
+}
+
+/// [`seal_blob`] into the spare room of `out`. The blobs sealed one after another into a
+/// buffer made with room for all of them are one allocation, freed with the last of them:
+/// a backup segment's blobs cost the memory of their bytes and no more, and go back to
+/// the system at once when the segment is in its pack (BENCHMARKS.md J).
+pub fn seal_blob_into(
+    out: &mut BytesMut,
+    sealer: &Sealer,
+    kind: BlobKind,
+    id: Id,
+    plain: &[u8],
+    level: i32,
+) -> SealedBlob {
     let (comp, data) = envelope::compress(plain, level);
-    let bytes = sealer.seal_parts(&[&[comp], &data], &blob_aad(kind, &id));
+    sealer.seal_parts_into(out, &[&[comp], &data], &blob_aad(kind, &id));
     SealedBlob {
         kind,
         id,
         raw_len: plain.len() as u32,
-        bytes,
+        bytes: out.split().freeze(),
     }
+}
+
+/// The most bytes [`seal_blob`] makes of `plain_len` bytes: stored raw when compression
+/// does not help, behind one byte saying so.
+pub fn sealed_len_max(sealer: &Sealer, plain_len: usize) -> usize {
+    plain_len + 1 + sealer.overhead()
 }
 
 /// Opens, decompresses and verifies one blob: its plaintext must hash to its id.
@@ -134,7 +157,7 @@ pub fn reseal_blob(
         kind: entry.kind,
         id: entry.id,
         raw_len: entry.raw_len,
-        bytes: new.seal(&payload, &aad),
+        bytes: new.seal(&payload, &aad).into(),
     })
 }
 
