@@ -420,7 +420,7 @@ mod tests {
             a
         );
 
-        let mut damaged = sealed.bytes.clone();
+        let mut damaged = sealed.bytes.to_vec();
         damaged[crate::crypto::NONCE_LEN + 1] ^= 1;
         assert!(reseal_blob(&old, &new, &right, &damaged, &pack).is_err());
         let other_id = entry(BlobKind::Data, keys.chunk_id(&b));
