@@ -6,10 +6,11 @@
 //!   └──────────────── segment buffers return once the writer took a result ◄──────┘
 //! ```
 //!
-//! Memory is bounded by the number of segment buffers in flight (workers + 2), each
-//! `segment_size` bytes, plus one pack: it does not grow with the image. The writer takes
-//! results in disk order, so blobs land in packs in disk order and chunk tables are built
-//! as the disk is read.
+//! Memory is bounded by the number of segments in flight (workers + 1): each holds a read
+//! buffer of `segment_size` bytes (or a map of the source), and once chunked one buffer of
+//! its sealed blobs, freed when they are in packs. It does not grow with the image
+//! (BENCHMARKS.md J). The writer takes results in disk order, so blobs land in packs in
+//! disk order and chunk tables are built as the disk is read.
 
 use crate::chunker::{is_zero, Chunker, Piece};
 use crate::crypto::Sealer;

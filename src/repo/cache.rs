@@ -38,7 +38,8 @@ const COMPLETE: TableDefinition<[u8; 32], ()> = TableDefinition::new("complete_t
 /// index again to find it, not forget the blob.
 const DUPES: TableDefinition<[u8; 32], ()> = TableDefinition::new("duplicated_blobs");
 
-/// Page cache cap: what keeps the cache's memory bounded.
+/// Page cache cap: what keeps the cache's memory bounded. At 64 MiB it was a third of an
+/// 8 GiB backup's heap, filled by the backup's own new entries (BENCHMARKS.md J).
 const CACHE_BYTES: usize = 16 << 20;
 /// Index entries merged per cache transaction at most (its dirty pages stay in memory
 /// until it commits).
