@@ -41,9 +41,11 @@ const DUPES: TableDefinition<[u8; 32], ()> = TableDefinition::new("duplicated_bl
 /// Page cache cap: what keeps the cache's memory bounded. At 64 MiB it was a third of an
 /// 8 GiB backup's heap, filled by the backup's own new entries (BENCHMARKS.md J).
 const CACHE_BYTES: usize = 16 << 20;
-/// Index entries merged per cache transaction at most (its dirty pages stay in memory
-/// until it commits).
-const MERGE_BATCH: usize = 1 << 20;
+/// Index entries merged per cache transaction at most (its decoded index files and dirty
+/// pages stay in memory until it commits). A night of 1 M new blobs into a 100 M cache
+/// peaked at 155 MiB with 1 Mi, 133 MiB with 512 Ki and 84 MiB with 256 Ki, in the same
+/// time (BENCHMARKS.md J).
+const MERGE_BATCH: usize = 256 << 10;
 /// Blobs sorted in memory at once when the cache is built from scratch (93 bytes each).
 const RUN_ENTRIES: usize = 512 << 10;
 /// Blobs per transaction of that build; in key order, so its dirty pages are few.
