@@ -363,7 +363,7 @@ impl Shared<'_> {
 
     /// The parent's pieces of a segment, if `data` is exactly what they hold: every chunk
     /// hashes to the parent's id and every hole is zeros. Then the chunker would cut `data`
-    /// where it cut the parent (pieces depend on the segment's bytes only, cut rule 2), so
+    /// where it cut the parent (pieces depend on the segment's bytes only, cut rules 2 and 3), so
     /// the costly part of a re-read of an unchanged segment, finding the cuts, is skipped,
     /// while every byte is still hashed. None at the first difference.
     fn follow(&self, data: &[u8], guide: &[Extent]) -> Option<Vec<(Piece, Option<Id>)>> {

@@ -57,7 +57,7 @@ fn is_rule_1(r: &u32) -> bool {
 }
 
 /// The cut rule new repositories get.
-pub const CUT_RULE: u32 = 2;
+pub const CUT_RULE: u32 = 3;
 
 impl ChunkerParams {
     pub fn fastcdc(avg: u32) -> ChunkerParams {
