@@ -8,7 +8,8 @@
 //! * all-zero runs are holes too: for FastCDC, 4 KiB-aligned runs of at least
 //!   `max(min_size, 4 KiB)`; for the fixed chunker, whole chunks of zeros;
 //! * the remaining data runs are cut by FastCDC v2020 (seeded by the repository key) or at
-//!   fixed, disk-aligned offsets.
+//!   fixed, disk-aligned offsets; under cut rule 3 FastCDC's chunks also end at file starts
+//!   (a 4 KiB-aligned offset after a zero-padded block tail, [`FILE_TAIL`]).
 //!
 //! The cut points are part of the repository format: the `fastcdc` crate is pinned exactly
 //! and `known_cut_points` below fails if they ever move.
