@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # frag-bench.sh -- does the newest snapshot stay fast to restore over a month of nightly
-# backups?  Capping (`--rewrite-budget 5%`, the default) against none (`--rewrite-budget 0`).
+# backups?  Capping (`--rewrite-budget 5%`) against none (`--rewrite-budget 0`).
 #
 #   tools/frag-bench.sh [--size-gib 4] [--content-mib N] [--nights 30] [--rebuild-every 5]
 #                       [--measure 1,10,20,30] [--nightly cbt|full] [--seed 1]
@@ -17,8 +17,8 @@
 #
 #   1. gen-tree.py content (--content-mib, default 60 % of the image; in --tree-dir,
 #      default WORKDIR/tree, kept for the whole run) + mkimage.sh -> img/disk.img.
-#   2. Two fresh repositories, capped (--rewrite-budget of --capped-budget, default cairn's
-#      own default, 5%) and uncapped
+#   2. Two fresh repositories, capped (--rewrite-budget of --capped-budget, default
+#      5%) and uncapped
 #      (--rewrite-budget 0).  Every night both back up the same image (the order
 #      alternates from night to night), with --time one day apart from 2026-01-01:
 #        night 1           the first backup;
@@ -76,7 +76,7 @@ QUIET_WAIT=600
 NIGHT_WAIT=120
 RETRIES=2
 QUICK=0
-CAPPED_BUDGET=
+CAPPED_BUDGET=5%
 ARGS=("$@")
 
 usage() { sed -n '2,57p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }

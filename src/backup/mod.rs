@@ -41,7 +41,7 @@ pub struct BackupOptions {
     /// Change maps (`--changed-extents`, `--bitmap`) and `--verify-changed`.
     pub changes: changes::ChangeOptions,
     /// Share (0–1) of the bytes read that may be spent storing old chunks again so the new
-    /// snapshot stays contiguous (`--rewrite-budget`, default 5 %; 0 turns it off).
+    /// snapshot stays contiguous (`--rewrite-budget`; 0, the default, turns it off).
     pub rewrite_budget: f64,
     pub quiet: bool,
 }

@@ -51,9 +51,10 @@ pub struct Args {
     #[arg(long)]
     verify_changed: bool,
     /// Share of the bytes read that may be spent storing old chunks again, next to the new
-    /// ones, where the snapshot would otherwise read from too many old packs (so the newest
-    /// restore point stays fast to restore); 0 turns it off.
-    #[arg(long, default_value = "5%", value_parser = super::prune::parse_share)]
+    /// ones, where the snapshot would otherwise read from too many old packs (capping, e.g.
+    /// 5%); off by default: on local disks it has not made a restore measurably faster, and
+    /// it grew the repository by 2-5 % (BENCHMARKS.md H, K6).
+    #[arg(long, default_value = "0", value_parser = super::prune::parse_share)]
     rewrite_budget: f64,
     /// Disk images (raw, qcow2, VMDK, VHD, VHDX, block devices) or VM folders (the disks
     /// the .vmx names, plus the config files; lock files, swap and logs are skipped).
