@@ -139,7 +139,7 @@ impl<'a> Session<'a> {
         guides: &[Option<&Disk>],
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Vec<Vec<Option<Id>>>> {
-        fixed_mmap_threshold();
+        crate::fixed_mmap_threshold();
         let seg_size = self.shared.repo.config.chunker.segment_size as u64;
         let span = self.shared.repo.config.table_span;
         let (sh, w) = (&self.shared, &mut self.w);
@@ -190,23 +190,6 @@ impl<'a> Session<'a> {
             read.and(written)
         })?;
         Ok(builders.into_iter().map(|b| b.tables).collect())
-    }
-}
-
-/// Makes glibc's malloc serve every allocation of 4 MiB or more with a map of its own,
-/// returned to the system when freed. By default the threshold moves up to the size of the
-/// largest such block freed, so once one segment's sealed blobs (one buffer of up to
-/// 16 MiB, `seal_blob_into`) were freed, the next ones came from the worker threads'
-/// arenas, which keep what was freed: the peak memory of an 8 GiB backup went from 110 to
-/// 199 MiB (BENCHMARKS.md J). Setting the threshold once turns the moving off.
-fn fixed_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        // mallopt only changes a tunable of the allocator; 4 MiB is a valid threshold.
-        ONCE.call_once(|| unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        });
     }
 }
 

@@ -93,6 +93,7 @@ pub enum Command {
 
 /// Exit codes: 0 success, 1 failure (including problems found by check), 2 bad usage.
 pub fn run(cli: Cli) -> Result<i32> {
+    crate::fixed_mmap_threshold();
     match &cli.command {
         Command::Init(a) => init::run(&cli, a),
         Command::Backup(a) => backup::run(&cli, a),
