@@ -44,9 +44,10 @@ pub(crate) fn crash_point(name: &str) {
 /// largest such block freed, so once one segment's sealed blobs (one buffer of up to
 /// 16 MiB, `seal_blob_into`) were freed, the next ones came from the worker threads'
 /// arenas, which keep what was freed: the peak memory of an 8 GiB backup went from 110 to
-/// 199 MiB (BENCHMARKS.md J). Setting the threshold once turns the moving off. Every command
-/// sets it at its start: prune reads each 32 MiB pack it repacks into one buffer, and once
-/// the first was freed the next ones stayed in the heap: a peak of 113 MiB instead of 70 MiB on the corpus (K6).
+/// 199 MiB (BENCHMARKS.md J). Setting the threshold once turns the moving off. Every
+/// command sets it at its start: prune reads each 32 MiB pack it repacks into one buffer,
+/// and once the first was freed the next ones stayed in the heap, a peak of 113 MiB instead
+/// of 70 MiB on the corpus (K6).
 pub fn fixed_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
