@@ -635,7 +635,8 @@ fn split_runs<T>(blobs: &[T], entry: impl Fn(&T) -> &crate::repo::pack::PackEntr
             let first = entry(&blobs[start]).offset as u64;
             let prev = entry(&blobs[i - 1]);
             let cur = entry(&blobs[i]);
-            let gap = cur.offset as u64 - (prev.offset as u64 + prev.length as u64);
+            // Saturating: entries of a damaged index may overlap.
+            let gap = (cur.offset as u64).saturating_sub(prev.offset as u64 + prev.length as u64);
             gap > 1 << 20 || cur.offset as u64 + cur.length as u64 - first > MAX_READ
         };
         if split {

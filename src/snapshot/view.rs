@@ -95,20 +95,15 @@ impl Store {
         let mut i = 0;
         while i < locs.len() {
             let first = locs[i];
-            let mut j = i + 1;
-            while j < locs.len() {
-                let (prev, cur) = (&locs[j - 1].entry, &locs[j].entry);
-                let gap =
-                    (cur.offset as u64).saturating_sub(prev.offset as u64 + prev.length as u64);
-                let span = cur.offset as u64 + cur.length as u64 - first.entry.offset as u64;
-                if locs[j].pack != first.pack || gap > MAX_GAP || span > MAX_READ {
-                    break;
-                }
-                j += 1;
-            }
-            let last = locs[j - 1].entry;
+            let j = read_end(&locs, i);
             let start = first.entry.offset as u64;
-            let len = (last.offset as u64 + last.length as u64 - start) as usize;
+            // The furthest end, not the last blob's: entries of a damaged index may nest.
+            let end = locs[i..j]
+                .iter()
+                .map(|l| l.entry.offset as u64 + l.entry.length as u64)
+                .max()
+                .unwrap_or(start);
+            let len = (end - start) as usize;
             let bytes = self
                 .repo
                 .backend
@@ -122,7 +117,15 @@ impl Store {
             let mut opened = Vec::with_capacity(j - i);
             for l in &locs[i..j] {
                 let s = (l.entry.offset as u64 - start) as usize;
-                let stored = &bytes[s..s + l.entry.length as usize];
+                let stored = bytes.get(s..s + l.entry.length as usize).ok_or_else(|| {
+                    Error::corrupt(
+                        pack_name(&first.pack),
+                        format!(
+                            "blob {} lies past the end of what the pack holds; run `cairn check`",
+                            l.entry.id.short()
+                        ),
+                    )
+                })?;
                 if l.entry.kind != BlobKind::Data {
                     return Err(Error::corrupt(
                         format!("blob {}", l.entry.id.short()),
@@ -147,6 +150,26 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Where the read that starts at `locs[i]` ends (exclusive): the blobs after it in the same
+/// pack while the gaps stay within [`MAX_GAP`] and the read within [`MAX_READ`]. `locs` is
+/// sorted by pack, then offset. The pack is compared first: the next pack's first blob may
+/// lie at a lower offset than this read's start.
+fn read_end(locs: &[BlobLoc], i: usize) -> usize {
+    let first = &locs[i];
+    let mut j = i + 1;
+    while j < locs.len() && locs[j].pack == first.pack {
+        let (prev, cur) = (&locs[j - 1].entry, &locs[j].entry);
+        let gap = (cur.offset as u64).saturating_sub(prev.offset as u64 + prev.length as u64);
+        let span =
+            (cur.offset as u64 + cur.length as u64).saturating_sub(first.entry.offset as u64);
+        if gap > MAX_GAP || span > MAX_READ {
+            break;
+        }
+        j += 1;
+    }
+    j
 }
 
 /// A decoded table with each extent's start offset, for binary search.
@@ -356,5 +379,51 @@ impl<K: std::hash::Hash + Eq + Copy, V: Clone> Lru<K, V> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::pack::PackEntry;
+
+    fn loc(pack: u8, offset: u32, length: u32) -> BlobLoc {
+        BlobLoc {
+            pack: Id([pack; 32]),
+            entry: PackEntry {
+                kind: BlobKind::Data,
+                id: Id([offset as u8; 32]),
+                offset,
+                length,
+                raw_len: length,
+            },
+            created: 0,
+        }
+    }
+
+    #[test]
+    fn a_read_ends_at_the_next_pack_even_at_a_lower_offset() {
+        // The next pack's blob lies before this read's start: the span must not be
+        // computed across packs (it underflowed before).
+        let locs = vec![
+            loc(1, 1 << 20, 4096),
+            loc(1, (1 << 20) + 4096, 4096),
+            loc(2, 0, 4096),
+        ];
+        assert_eq!(read_end(&locs, 0), 2);
+        assert_eq!(read_end(&locs, 2), 3);
+    }
+
+    #[test]
+    fn a_read_ends_at_a_long_gap_or_at_its_size_limit() {
+        let gap = MAX_GAP as u32 + 1;
+        let locs = vec![loc(1, 0, 4096), loc(1, 4096 + gap, 4096)];
+        assert_eq!(read_end(&locs, 0), 1);
+        let big = (MAX_READ as u32) / 2;
+        let locs = vec![loc(1, 0, big), loc(1, big, big), loc(1, 2 * big, 4096)];
+        assert_eq!(read_end(&locs, 0), 2);
+        // Overlapping entries of a damaged index do not underflow.
+        let locs = vec![loc(1, 8192, 8192), loc(1, 4096, 4096)];
+        assert_eq!(read_end(&locs, 0), 2);
     }
 }
