@@ -16,7 +16,7 @@ use crate::crypto::Sealer;
 use crate::image::write::{DiskWriter, OutFormat};
 use crate::repo::blobs;
 use crate::repo::cache::{BlobLoc, CacheReader};
-use crate::repo::pack::{open_blob, pack_name, BlobKind};
+use crate::repo::pack::{blob_in, open_blob, pack_name, read_span, BlobKind};
 use crate::repo::Repository;
 use crate::snapshot::{self, ChunkTable, Disk, Name};
 use crate::{Error, Id, Result};
@@ -587,14 +587,10 @@ fn write_table<S: Sink + ?Sized>(
     runs.par_iter()
         .map(|&(pack, sealer, run)| {
             let mut written = 0;
-            let first = run[0].0.entry;
-            let last = run[run.len() - 1].0.entry;
-            let start = first.offset as u64;
-            let len = (last.offset as u64 + last.length as u64 - start) as usize;
+            let (start, len) = read_span(run.iter().map(|w| &w.0.entry));
             let bytes = repo.backend.get_range(&pack_name(pack), start, len)?;
             for (loc, offsets) in run {
-                let s = (loc.entry.offset as u64 - start) as usize;
-                let stored = &bytes[s..s + loc.entry.length as usize];
+                let stored = blob_in(&bytes, start, &loc.entry, pack)?;
                 let plain = open_blob(&repo.keys, sealer, &loc.entry, stored, pack)?;
                 for &o in offsets {
                     w.write_at(o, &plain)?;

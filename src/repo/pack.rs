@@ -68,6 +68,37 @@ impl PackEntry {
     }
 }
 
+/// The stretch of a pack that one read of `entries` (sorted by offset) fetches: (start,
+/// length), from the first one's start to the furthest end, since the entries of a damaged
+/// index may overlap or nest.
+pub fn read_span<'a>(mut entries: impl Iterator<Item = &'a PackEntry>) -> (u64, usize) {
+    let Some(first) = entries.next() else {
+        return (0, 0);
+    };
+    let start = first.offset as u64;
+    let end = entries.fold(start + first.length as u64, |end, e| {
+        end.max(e.offset as u64 + e.length as u64)
+    });
+    (start, (end - start) as usize)
+}
+
+/// Blob `e` out of `bytes`, what a read of pack `pack` fetched from offset `start`: a
+/// corrupt-pack error, not a panic, where the index places it outside (a truncated pack).
+pub fn blob_in<'a>(bytes: &'a [u8], start: u64, e: &PackEntry, pack: &Id) -> Result<&'a [u8]> {
+    (e.offset as u64)
+        .checked_sub(start)
+        .and_then(|s| bytes.get(s as usize..s as usize + e.length as usize))
+        .ok_or_else(|| {
+            Error::corrupt(
+                pack_name(pack),
+                format!(
+                    "blob {} lies past the end of what the pack holds; run `cairn check`",
+                    e.id.short()
+                ),
+            )
+        })
+}
+
 /// A compressed and sealed blob, ready to be appended to a pack. Its bytes may share one
 /// allocation with other blobs ([`seal_blob_into`]).
 pub struct SealedBlob {
@@ -367,6 +398,31 @@ pub fn verify_pack(repo: &super::Repository, pack: &Id, indexed_blobs: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_spans_to_the_furthest_end_and_a_blob_outside_it_is_an_error() {
+        let e = |offset: u32, length: u32| PackEntry {
+            kind: BlobKind::Data,
+            id: Id([offset as u8; 32]),
+            offset,
+            length,
+            raw_len: length,
+        };
+        // Nested entries (a damaged index): the read covers the outer one.
+        let run = [e(100, 900), e(200, 10)];
+        assert_eq!(read_span(run.iter()), (100, 900));
+        assert_eq!(read_span([].iter()), (0, 0));
+        let bytes = vec![7u8; 900];
+        assert_eq!(
+            blob_in(&bytes, 100, &run[1], &Id([1; 32])).unwrap().len(),
+            10
+        );
+        // What a truncated pack returned is shorter than the index says.
+        let err = blob_in(&bytes[..500], 100, &run[0], &Id([1; 32])).unwrap_err();
+        assert!(err.to_string().contains("past the end"), "{err}");
+        // A blob before the read's start.
+        assert!(blob_in(&bytes, 300, &run[1], &Id([1; 32])).is_err());
+    }
 
     #[test]
     fn pack_round_trip() {

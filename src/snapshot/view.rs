@@ -11,7 +11,7 @@ use crate::blockdev::{fits, past_end, BlockRead};
 use crate::crypto::Sealer;
 use crate::repo::blobs::{locate, pack_sealer};
 use crate::repo::cache::{BlobLoc, IndexCache};
-use crate::repo::pack::{open_blob, pack_name, BlobKind};
+use crate::repo::pack::{blob_in, open_blob, pack_name, read_span, BlobKind};
 use crate::repo::Repository;
 use crate::{Error, Id, Result};
 use std::collections::HashMap;
@@ -96,14 +96,7 @@ impl Store {
         while i < locs.len() {
             let first = locs[i];
             let j = read_end(&locs, i);
-            let start = first.entry.offset as u64;
-            // The furthest end, not the last blob's: entries of a damaged index may nest.
-            let end = locs[i..j]
-                .iter()
-                .map(|l| l.entry.offset as u64 + l.entry.length as u64)
-                .max()
-                .unwrap_or(start);
-            let len = (end - start) as usize;
+            let (start, len) = read_span(locs[i..j].iter().map(|l| &l.entry));
             let bytes = self
                 .repo
                 .backend
@@ -116,16 +109,7 @@ impl Store {
             // threads reading through one store decode side by side.
             let mut opened = Vec::with_capacity(j - i);
             for l in &locs[i..j] {
-                let s = (l.entry.offset as u64 - start) as usize;
-                let stored = bytes.get(s..s + l.entry.length as usize).ok_or_else(|| {
-                    Error::corrupt(
-                        pack_name(&first.pack),
-                        format!(
-                            "blob {} lies past the end of what the pack holds; run `cairn check`",
-                            l.entry.id.short()
-                        ),
-                    )
-                })?;
+                let stored = blob_in(&bytes, start, &l.entry, &l.pack)?;
                 if l.entry.kind != BlobKind::Data {
                     return Err(Error::corrupt(
                         format!("blob {}", l.entry.id.short()),
